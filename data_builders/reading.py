@@ -1,0 +1,86 @@
+"""Reading source files (plain or .gz) with errors that name the file and line.
+
+Every reader decodes UTF-8 strictly: a byte sequence that is not UTF-8 raises :class:`DataError` with the line
+number, instead of a ``UnicodeDecodeError`` from deep inside a library.
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from data_builders.dataset import DataError, data_error
+
+
+def _open_bytes(path: Path):
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, text)`` (1-based, newline stripped) from a plain or gzipped UTF-8 file."""
+    path = Path(path)
+    with _open_bytes(path) as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                yield n, raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise data_error(path, n, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """Whole file as text (UTF-8, plain or gzipped); the error names the line of a bad byte."""
+    return "\n".join(line for _, line in iter_lines(path))
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` for each non-blank line of a JSON-lines file (plain or .gz)."""
+    for n, line in iter_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise data_error(path, n, f"malformed JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise data_error(path, n, f"expected a JSON object, got {type(obj).__name__}")
+        yield n, obj
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A whole JSON document (plain or .gz)."""
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise data_error(path, e.lineno, f"malformed JSON ({e.msg} at column {e.colno})") from None
+
+
+def parse_literal_list(text: str, path: str | os.PathLike, record: str | int, column: str) -> list:
+    """Parse a Python-literal list stored as a string (``"[1, 2]"``, ``"['a', 'b']"``) safely.
+
+    Uses ``ast.literal_eval`` (never ``eval``): only literals are accepted, so a CSV cannot run code.
+    """
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        raise data_error(path, record, f"column {column!r} is not a Python list literal: {text[:80]!r}") from None
+    if not isinstance(value, (list, tuple)):
+        raise data_error(path, record, f"column {column!r} should be a list, got {type(value).__name__}")
+    return list(value)
+
+
+def sha256_content(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's content, decompressed when gzipped (so ``x.csv`` and ``x.csv.gz`` hash alike)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with _open_bytes(Path(path)) as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()

