@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                                              args.embed_batch_size, show_progress=args.show_progress)
             emb_meta["path"] = str(out)
             seconds["embeddings"] = time.perf_counter() - t0
-    except (DataError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # DataError is a ValueError; bad options raise ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_summary(dataset, emb_meta, seconds))

@@ -19,7 +19,6 @@ Rows of one user appear in chronological order in these files, so "earliest" is 
 
 from __future__ import annotations
 
-import ast
 import csv
 import io
 import json
@@ -28,11 +27,10 @@ from collections import Counter
 from pathlib import Path
 
 from data_builders.dataset import BuiltDataset, DataError, Item, Row, data_error
-from data_builders.reading import parse_literal_list, read_text, sha256_content
+from data_builders.reading import clean_list, clean_text, parse_literal_list, read_text, sha256_content
 from data_builders.splits import sliding_windows
 
 REQUIRED_COLUMNS = ("user_id", "history_item_id", "item_id")
-MISSING = {"", "nan", "none", "null", "[]"}
 
 
 def find_file(data_dir: Path, name: str, suffix: str, required: bool = True) -> Path | None:
@@ -67,43 +65,6 @@ def load_json_object(path: Path) -> dict:
     return obj
 
 
-def _literal_list(text: str) -> list | None:
-    """``"['a', 'b']"`` -> ``['a', 'b']`` via ``ast.literal_eval`` (never ``eval``); None if not a list literal."""
-    if not (text.startswith("[") and text.endswith("]")):
-        return None
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        return None
-    return list(value) if isinstance(value, (list, tuple)) else None
-
-
-def clean_text_field(value) -> str:
-    """Normalise a description-like field to one string: lists (or stringified lists) are joined with spaces."""
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)):
-        return " ".join(t for t in (clean_text_field(v) for v in value) if t)
-    text = str(value).strip()
-    parsed = _literal_list(text)
-    if parsed is not None:
-        return clean_text_field(parsed)
-    return "" if text.lower() in MISSING else text
-
-
-def clean_list_field(value) -> list[str]:
-    """Normalise a categories-like field to a list of non-empty strings."""
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple)):
-        return [s for v in value for s in clean_list_field(v)]
-    text = str(value).strip()
-    parsed = _literal_list(text)
-    if parsed is not None:
-        return clean_list_field(parsed)
-    return [] if text.lower() in MISSING else [text]
-
-
 def read_items(path: Path, domain: str) -> list[Item]:
     """Items from ``<name>.item.json``; every entry needs a ``title`` key (it may be empty)."""
     items = []
@@ -116,11 +77,11 @@ def read_items(path: Path, domain: str) -> list[Item]:
             Item(
                 item_id=str(item_id),
                 domain=domain,
-                title=clean_text_field(fields.get("title")),
-                brand=clean_text_field(fields.get("brand")),
-                categories=clean_list_field(fields.get("categories")),
-                features=clean_list_field(fields.get("features")),
-                description=clean_text_field(fields.get("description")),
+                title=clean_text(fields.get("title"), path, f"item {item_id!r}", "title"),
+                brand=clean_text(fields.get("brand"), path, f"item {item_id!r}", "brand"),
+                categories=clean_list(fields.get("categories"), path, f"item {item_id!r}", "categories"),
+                features=clean_list(fields.get("features"), path, f"item {item_id!r}", "features"),
+                description=clean_text(fields.get("description"), path, f"item {item_id!r}", "description"),
             )
         )
     return items

@@ -7,6 +7,7 @@ number, instead of a ``UnicodeDecodeError`` from deep inside a library.
 from __future__ import annotations
 
 import ast
+import math
 import gzip
 import json
 import os
@@ -84,3 +85,69 @@ def sha256_content(path: str | os.PathLike) -> str:
         while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
+
+
+# Values that scraped metadata uses for "nothing here" (compared lower-cased, after stripping).
+MISSING_MARKERS = frozenset({"", "nan", "none", "null", "[]"})
+
+
+
+
+def _looks_like_list(text: str) -> bool:
+    return text.startswith("[") and text.endswith("]")
+
+
+def clean_text(value: Any, path: str | Path | None, record: str | int, field: str) -> str:
+    """Normalise a text field: None / "nan" / "[]" -> "", a list (or stringified list) -> its parts joined by " ".
+
+    >>> clean_text(["Great game.", "nan", "Fun."], None, 1, "description")
+    'Great game. Fun.'
+    """
+    if value is None:
+        return ""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return "" if isinstance(value, float) and math.isnan(value) else str(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() in MISSING_MARKERS:
+            return ""
+        if _looks_like_list(text):
+            try:
+                return " ".join(clean_list(parse_literal_list(text, path, record, field), path, record, field))
+            except DataError:
+                return text  # free text that merely starts with "[" and ends with "]"
+        return text
+    if isinstance(value, (list, tuple)):
+        return " ".join(clean_list(value, path, record, field))
+    raise data_error(path, record, f"field {field!r} should be text or a list of text, got {type(value).__name__}")
+
+
+def clean_list(value: Any, path: str | Path | None, record: str | int, field: str) -> list[str]:
+    """Normalise a list field to ``list[str]``: missing -> [], a plain string -> [string], stringified list parsed.
+
+    Nested lists (old Amazon ``categories`` were lists of category paths) are flattened; empty parts are dropped.
+
+    >>> clean_list("['Games', 'PC', '']", None, 1, "categories")
+    ['Games', 'PC']
+    """
+    if value is None:
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() in MISSING_MARKERS:
+            return []
+        if _looks_like_list(text):
+            return clean_list(parse_literal_list(text, path, record, field), path, record, field)
+        return [text]
+    if isinstance(value, (list, tuple)):
+        out: list[str] = []
+        for part in value:
+            if isinstance(part, (list, tuple)):
+                out.extend(clean_list(part, path, record, field))
+            elif text := clean_text(part, path, record, field):
+                out.append(text)
+        return out
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        text = clean_text(value, path, record, field)
+        return [text] if text else []
+    raise data_error(path, record, f"field {field!r} should be a list of text, got {type(value).__name__}")

@@ -66,3 +66,19 @@ def test_module_entry_point_runs_from_any_directory(tmp_path, mini_minionerec):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "Mini" in res.stdout
+
+
+def test_lcrec_and_raw_amazon_sources_through_the_cli(tmp_path, capsys):
+    fixtures = REPO / "tests" / "fixtures"
+    cfg = write_config(tmp_path / "l.yaml", f"source: lcrec\ndata_dir: {fixtures / 'lcrec'}\ndomains: [Toy]\n"
+                                            f"output_dir: {tmp_path / 'l'}\nskip_embeddings: true\n")
+    assert main(["--config", str(cfg)]) == 0
+    assert load_rec_dataset(tmp_path / "l" / "dataset").meta["source"]["format"] == "lcrec"
+    cfg = write_config(tmp_path / "a.yaml", f"source: amazon2023\ndata_dir: {fixtures / 'amazon_raw'}\n"
+                                            "domains: [games]\nreviews_file: reviews_2023.jsonl\n"
+                                            f"meta_file: meta_2023.jsonl\nk_core: 2\noutput_dir: {tmp_path / 'a'}\n"
+                                            "skip_embeddings: true\nshow_progress: false\n")
+    assert main(["--config", str(cfg)]) == 0
+    ds = load_rec_dataset(tmp_path / "a" / "dataset")
+    assert ds.meta["source"]["format"] == "amazon2023" and len(ds.splits["test"]) > 0
+    assert "games" in capsys.readouterr().out

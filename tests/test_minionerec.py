@@ -9,10 +9,11 @@ import json
 
 import pytest
 
-from conftest import REPO, SHARED_AMAZON18, write_minionerec
+from conftest import SHARED_AMAZON18, write_minionerec
 from data_builders.dataset import DataError
 from data_builders.embedded import DOMAINS, EMBEDDED_DIR
-from data_builders.minionerec import clean_list_field, clean_text_field, import_minionerec
+from data_builders.minionerec import import_minionerec
+from data_builders.reading import clean_list, clean_text
 
 
 def rows_of(built, split):
@@ -47,11 +48,13 @@ def test_items_parsed_with_literal_eval_and_domain(mini_minionerec):
 
 
 def test_field_cleaning():
-    assert clean_text_field("['a', 'b']") == "a b"
-    assert clean_text_field("nan") == "" and clean_text_field(None) == ""
-    assert clean_text_field("[not a list") == "[not a list"
-    assert clean_list_field("['Tools', 'Staplers']") == ["Tools", "Staplers"]
-    assert clean_list_field(["a", "", "[]"]) == ["a"]
+    assert clean_text("['a', 'b']", "f", 1, "d") == "a b"
+    assert clean_text("nan", "f", 1, "d") == "" and clean_text(None, "f", 1, "d") == ""
+    assert clean_text("[not a list", "f", 1, "d") == "[not a list"
+    assert clean_list("['Tools', 'Staplers']", "f", 1, "c") == ["Tools", "Staplers"]
+    assert clean_list(["a", "", "[]"], "f", 1, "c") == ["a"]
+    with pytest.raises(DataError, match=r"f, item '7': field 'title' should be text"):
+        clean_text({"x": 1}, "f", "item '7'", "title")
 
 
 @pytest.mark.parametrize(
