@@ -123,8 +123,14 @@ class TextEncoder:
 
 def serialize_items(items, tokenizer, max_tokens: int | None) -> list[str]:
     """Serialise every item (Algorithm 1) within ``max_tokens`` of ``tokenizer`` (None = no budget)."""
+    texts = [serialize_item(item) for item in items]
+    if max_tokens is None:
+        return texts
+    # One batched (multi-threaded) length count; only the items over budget go through SmartTruncate.
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]]
     count = token_counter(tokenizer)
-    return [serialize_item(item, max_tokens, count) for item in items]
+    return [t if n <= max_tokens else serialize_item(item, max_tokens, count)
+            for item, t, n in zip(items, texts, lengths)]
 
 
 def embed_texts_cached(encoder: TextEncoder, texts: list[str], batch_size: int, cache_dir: Path | None,

@@ -73,6 +73,10 @@ def serialize_item(item: Mapping, max_length: int | None = None, count: Callable
     budget). Title and Brand are always kept whole, even if they alone exceed the budget.
     """
     segments = item_segments(item)
+    if max_length is not None:
+        # Every word costs at least one unit (character or token), so more than `max_length` words never fit:
+        # cutting there first keeps the search below cheap on multi-thousand-word descriptions.
+        segments = [(label, v if label in PROTECTED else " ".join(v.split(" ")[:max_length])) for label, v in segments]
     if max_length is None or count(render(segments)) <= max_length:
         return render(segments)
     fits = lambda text: count(text) <= max_length  # noqa: E731
