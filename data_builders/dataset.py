@@ -264,17 +264,26 @@ class RecDataset:
         return self.meta["dataset_hash"]
 
 
+def read_artifact_meta(path: str | os.PathLike, fmt: str, what: str, how: str) -> dict[str, Any]:
+    """``<path>/meta.json`` of an artifact, checked to be of format ``fmt``; clear errors otherwise.
+
+    ``what`` names the artifact ("a dataset directory"), ``how`` the command that builds one.
+    """
+    meta_path = Path(path) / "meta.json"
+    if not meta_path.exists():
+        raise DataError(f"{path}: not {what} (no meta.json); build one with `{how}`")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("format") != fmt:
+        raise DataError(f"{meta_path}: unsupported format {meta.get('format')!r}; expected {fmt!r}")
+    return meta
+
+
 def load_rec_dataset(path: str | os.PathLike) -> RecDataset:
     """Load a dataset directory written by :func:`write_rec_dataset`."""
     import datasets
 
     path = Path(path)
-    meta_path = path / "meta.json"
-    if not meta_path.exists():
-        raise DataError(f"{path}: not a dataset directory (no meta.json); build one with `python -m data_builders.build`")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("format") != FORMAT:
-        raise DataError(f"{meta_path}: unsupported format {meta.get('format')!r}; expected {FORMAT!r}")
+    meta = read_artifact_meta(path, FORMAT, "a dataset directory", "python -m data_builders.build")
     items = datasets.Dataset(pq.read_table(path / "items.parquet"))
     splits = {s: datasets.Dataset(pq.read_table(path / f"{s}.parquet")) for s in SPLITS}
     return RecDataset(path=path, items=items, splits=splits, meta=meta)

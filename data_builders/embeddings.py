@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from data_builders.dataset import DataError, atomic_dir, cache_root, library_versions, write_json
+from data_builders.dataset import DataError, atomic_dir, cache_root, library_versions, read_artifact_meta, write_json
 from data_builders.serialize import serialize_item, token_counter
 
 log = logging.getLogger(__name__)
@@ -184,12 +184,7 @@ def build_item_embeddings(dataset, out_dir: str | os.PathLike, encoder: str = DE
 def load_item_embeddings(path: str | os.PathLike, dataset=None) -> tuple[np.ndarray, dict]:
     """``(embeddings [N, d] float32, meta)``; with ``dataset``, check it was built from that dataset."""
     path = Path(path)
-    meta_path = path / "meta.json"
-    if not meta_path.exists():
-        raise DataError(f"{path}: not an embeddings directory (no meta.json); run `python -m data_builders.build`")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("format") != FORMAT:
-        raise DataError(f"{meta_path}: unsupported format {meta.get('format')!r}; expected {FORMAT!r}")
+    meta = read_artifact_meta(path, FORMAT, "an embeddings directory", "python -m data_builders.build")
     emb = np.load(path / "embeddings.npy")
     if emb.shape != (meta["n_items"], meta["dim"]):
         raise DataError(f"{path}/embeddings.npy: shape {emb.shape} does not match meta ({meta['n_items']}, {meta['dim']})")
