@@ -171,7 +171,9 @@ class AtomicDir:
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
+        if exc_type is not None or _same_tree(self.tmp, self.final):
+            # On error: nothing half-written survives. Unchanged content: the old directory (and its mtimes,
+            # which `make` reads to decide what to rebuild) stays.
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
         old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
@@ -179,6 +181,15 @@ class AtomicDir:
             os.replace(self.final, old)
         os.replace(self.tmp, self.final)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    """True if directories ``a`` and ``b`` hold the same relative file paths with byte-identical content."""
+    if not b.is_dir():
+        return False
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    return files_a == files_b and all((a / f).read_bytes() == (b / f).read_bytes() for f in files_a)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

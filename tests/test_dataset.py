@@ -75,3 +75,17 @@ def test_load_errors(tmp_path):
     (tmp_path / "meta.json").write_text('{"format": "other/9"}')
     with pytest.raises(DataError, match="unsupported format 'other/9'"):
         load_rec_dataset(tmp_path)
+
+
+def test_rewriting_identical_content_keeps_the_old_directory(tmp_path):
+    import os
+
+    write_rec_dataset(tiny_built(), tmp_path / "out")
+    os.utime(tmp_path / "out" / "meta.json", (1, 1))  # an old mtime we can recognise
+    write_rec_dataset(tiny_built(), tmp_path / "out")
+    assert (tmp_path / "out" / "meta.json").stat().st_mtime == 1  # untouched: `make` sees nothing new
+    changed = tiny_built()
+    changed.items[0].title = "renamed"
+    write_rec_dataset(changed, tmp_path / "out")
+    assert (tmp_path / "out" / "meta.json").stat().st_mtime != 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp or backup directories left

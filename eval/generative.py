@@ -1,0 +1,53 @@
+"""The generative recommender (an SFT / RL checkpoint) as an evaluation method.
+
+``fit`` loads the checkpoint (nothing is trained here); ``recommend`` runs trie-constrained beam search through
+:func:`decoding.recommend` with the row's domain, so every recommended item is a real item of that domain. The
+prompt comes from the one prompt builder, exactly as in training.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+
+from eval.recommenders import Query
+
+log = logging.getLogger(__name__)
+
+
+class GenerativeRecommender:
+    """``checkpoint``: a directory written by ``sft/train.py`` (or ``python -m sft.merge``)."""
+
+    def __init__(self, checkpoint: str, name: str = "generative", num_beams: int | None = None,
+                 batch_size: int = 16, history_len: int | None = None):
+        self.checkpoint, self.name = checkpoint, name
+        self.num_beams, self.batch_size, self.history_len = num_beams, batch_size, history_len
+        self.model = self.tokenizer = self.catalogue = None
+
+    def fit(self, dataset: Any, train_rows: list[dict], embeddings: np.ndarray | None) -> None:
+        import json
+        from pathlib import Path
+
+        from decoding.catalogue import Catalogue
+        from sft.modeling import load_sft_checkpoint
+
+        self.model, self.tokenizer, artifact = load_sft_checkpoint(self.checkpoint)
+        meta = json.loads((Path(self.checkpoint) / "genrec_sft.json").read_text())
+        if meta.get("dataset_hash") not in (None, dataset.dataset_hash):
+            raise ValueError(f"{self.checkpoint} was trained on dataset {meta['dataset_hash'][:12]}, but the "
+                             f"evaluation uses {dataset.dataset_hash[:12]}")
+        self.history_len = self.history_len or meta.get("history_len", 10)
+        self.catalogue = Catalogue.from_artifact(artifact, dataset)
+
+    def recommend(self, queries: Sequence[Query], k: int) -> list[list[str]]:
+        from decoding.recommend import recommend
+
+        if self.model is None:
+            raise RuntimeError("call fit() first: it loads the checkpoint")
+        k = min(k, min(self.catalogue.domain_size(q.domain) for q in queries))
+        recs = recommend(self.model, self.tokenizer, self.catalogue, [list(q.history) for q in queries], k=k,
+                         domains=[q.domain for q in queries], num_beams=self.num_beams, batch_size=self.batch_size,
+                         max_history=self.history_len, show_progress=len(queries) > self.batch_size)
+        return [[item for item, _ in rec] for rec in recs]

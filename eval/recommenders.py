@@ -1,0 +1,223 @@
+"""The recommender protocol every evaluated method implements, the shared candidate rule, and the simple methods.
+
+A method is any object with ``name``, ``fit(dataset, train_rows, embeddings)`` and ``recommend(queries, k)``.
+Queries carry the history but never the target, so no method can peek at it. Lists may contain unknown strings or
+repeats: the metrics de-duplicate (first occurrence kept) and count unknown ids as misses (eval/metrics.py).
+
+Candidate rule (identical for every method, applied again by the evaluator to whatever a method returns):
+recommend only items of the row's domain (``same_domain``; the published models were trained and ranked per domain)
+and, when ``exclude_history`` is set, never an item already in the row's history.
+
+Precomputed predictions (any external model: the generative model via ``decoding``, the dense retrievers) are a JSONL
+file, one line per evaluated row::
+
+    {"meta": {"dataset_hash": "908709bd...", "split": "test", "name": "genrec"}}     # optional first line
+    {"row": 0, "items": ["Office_Products:12", "Office_Products:7", ...]}           # row = index in the split
+    {"domain": "Office_Products", "source_row": 17, "items": [...]}                 # or the published row id
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Query:
+    """One row to recommend for: its index in the evaluated split and everything but the target."""
+
+    row: int
+    user_id: str
+    domain: str
+    history: tuple[str, ...]  # item ids, oldest first
+    source_row: int = -1
+
+
+class Recommender(Protocol):
+    """What the evaluator calls. ``recommend`` returns, per query, up to ``k`` item ids, best first."""
+
+    name: str
+
+    def fit(self, dataset: Any, train_rows: list[dict], embeddings: np.ndarray | None) -> None: ...
+
+    def recommend(self, queries: Sequence[Query], k: int) -> list[list[str]]: ...
+
+
+@dataclass(frozen=True)
+class CandidateRule:
+    """Which items may be recommended for a row (see module docstring)."""
+
+    same_domain: bool = True
+    exclude_history: bool = False
+
+    def keep(self, query: Query, item: str, item_domain: dict[str, str]) -> bool:
+        """True if ``item`` may appear in ``query``'s list (unknown ids are kept: they are scored as invalid)."""
+        if self.same_domain and item_domain.get(item, query.domain) != query.domain:
+            return False
+        return not (self.exclude_history and item in query.history)
+
+
+class Catalogue:
+    """Item ids, their rows (= embedding rows), their domains and the tie-break order of the score-based methods."""
+
+    def __init__(self, item_ids: Sequence[str], domains: Sequence[str], tie_seed: int = 0):
+        self.item_ids = list(item_ids)
+        self.index = {item: i for i, item in enumerate(self.item_ids)}
+        self.domain_of = dict(zip(self.item_ids, domains))
+        self.domains = sorted(set(domains))
+        self.domain_ids = np.array([self.domains.index(d) for d in domains])  # [N]
+        # Ties are broken by a fixed random order of the items, not by id or row: row order follows the source's
+        # id assignment (often time of first appearance), which correlates with the targets.
+        self.tie_order = np.random.default_rng(tie_seed).permutation(len(self.item_ids))  # position -> item row
+        self.tie_position = np.argsort(self.tie_order)  # item row -> position
+
+    @classmethod
+    def from_dataset(cls, dataset: Any, tie_seed: int = 0) -> "Catalogue":
+        return cls(dataset.items["item_id"], dataset.items["domain"], tie_seed)
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def candidate_mask(self, queries: Sequence[Query], rule: CandidateRule) -> np.ndarray:
+        """bool [B, N]: True where the rule allows item n for query b."""
+        mask = np.ones((len(queries), len(self)), dtype=bool)
+        for b, q in enumerate(queries):
+            if rule.same_domain:
+                mask[b] = self.domain_ids == self.domains.index(q.domain)
+            if rule.exclude_history:
+                mask[b, [self.index[i] for i in q.history if i in self.index]] = False
+        return mask
+
+
+def top_k_from_scores(scores: np.ndarray, k: int, tie_order: np.ndarray) -> list[np.ndarray]:
+    """Best ``k`` item rows per score row, ties broken by ``tie_order``; ``-inf`` scores are never returned.
+
+    scores: [B, N] float (``-inf`` = not allowed); tie_order: [N] permutation (earlier position wins a tie).
+    Returns B int arrays of length ≤ k.
+
+    >>> [a.tolist() for a in top_k_from_scores(np.array([[1., 3., 3., -np.inf]]), 4, np.array([2, 1, 0, 3]))]
+    [[2, 1, 0]]
+    """
+    import torch  # only for its fast top-k *values*; the order itself is decided below
+
+    k = min(k, scores.shape[1])
+    kth = torch.topk(torch.from_numpy(scores), k, dim=1).values[:, -1:].numpy()  # [B, 1] k-th best score
+    rows, cols = np.nonzero((scores >= kth) & (scores > -np.inf))  # every tie at the cut is a candidate
+    tie_position = np.argsort(tie_order)
+    # One sort of all candidates by (row, -score, tie position).
+    order = np.lexsort((tie_position[cols], -scores[rows, cols], rows))
+    rows, cols = rows[order], cols[order]
+    starts = np.searchsorted(rows, np.arange(len(scores) + 1))
+    return [cols[starts[b]:starts[b + 1]][:k] for b in range(len(scores))]
+
+
+def apply_rule(lists: list[list[str]], queries: Sequence[Query], rule: CandidateRule,
+               catalogue: Catalogue) -> list[list[str]]:
+    """Drop the entries the candidate rule forbids (cross-domain, history) from each list, keeping order."""
+    return [[item for item in items if rule.keep(q, item, catalogue.domain_of)] for items, q in zip(lists, queries)]
+
+
+def item_target_counts(train_rows: Sequence[dict]) -> Counter:
+    """How often each item is a training target. Every interaction is the target of exactly one sliding window."""
+    return Counter(row["target"] for row in train_rows)
+
+
+class PopularityRecommender:
+    """Most frequent training targets first (among the rule's candidates, so per domain with ``same_domain``).
+
+    With ``same_domain`` global and per-domain popularity are the same ranking; set ``same_domain: false`` in the
+    config for a global list over the merged catalogue.
+    """
+
+    def __init__(self, rule: CandidateRule, tie_seed: int = 0, name: str = "popularity"):
+        self.name, self.rule, self.tie_seed = name, rule, tie_seed
+
+    def fit(self, dataset: Any, train_rows: list[dict], embeddings: np.ndarray | None) -> None:
+        self.catalogue = Catalogue.from_dataset(dataset, self.tie_seed)
+        counts = item_target_counts(train_rows)
+        self.scores = np.array([counts.get(i, 0) for i in self.catalogue.item_ids], dtype=np.float64)  # [N]
+
+    def recommend(self, queries: Sequence[Query], k: int) -> list[list[str]]:
+        scores = np.where(self.catalogue.candidate_mask(queries, self.rule), self.scores[None, :], -np.inf)
+        ids = self.catalogue.item_ids
+        return [[ids[i] for i in top] for top in top_k_from_scores(scores, k, self.catalogue.tie_order)]
+
+
+class PredictionsRecommender:
+    """Serves precomputed predictions from a JSONL file (format in the module docstring).
+
+    ``fit`` reads and validates the file against the evaluated split: every row needs exactly one line, unknown rows
+    and a file made for another dataset or split are errors.
+    """
+
+    def __init__(self, path: str, split: str, name: str = "", rule: CandidateRule | None = None):
+        self.path, self.split = Path(path), split
+        self.name = name or self.path.stem
+        self.by_row: dict[int, list[str]] = {}
+
+    def fit(self, dataset: Any, train_rows: list[dict], embeddings: np.ndarray | None) -> None:
+        rows = dataset.splits[self.split]
+        keys = {(d, s): i for i, (d, s) in enumerate(zip(rows["domain"], rows["source_row"]))}
+        for line_no, record in read_predictions(self.path):
+            if "meta" in record:
+                check_predictions_meta(record["meta"], self.path, dataset.dataset_hash, self.split)
+                continue
+            row = resolve_prediction_row(record, keys, len(rows), f"{self.path}, line {line_no}")
+            if row in self.by_row:
+                raise ValueError(f"{self.path}, line {line_no}: second prediction for row {row}")
+            self.by_row[row] = [str(i) for i in record["items"]]
+        missing = sorted(set(range(len(rows))) - set(self.by_row))
+        if missing:
+            raise ValueError(f"{self.path}: no prediction for {len(missing)} of {len(rows)} {self.split} rows, "
+                             f"e.g. rows {missing[:10]}")
+
+    def recommend(self, queries: Sequence[Query], k: int) -> list[list[str]]:
+        return [self.by_row[q.row][:k] if q.row in self.by_row else self._unknown(q) for q in queries]
+
+    def _unknown(self, query: Query) -> list[str]:
+        raise KeyError(f"{self.path}: no prediction for {self.split} row {query.row} (user {query.user_id!r})")
+
+
+def read_predictions(path: Path):
+    """Yield ``(line_no, record)`` for each non-empty JSONL line."""
+    if not path.exists():
+        raise FileNotFoundError(f"predictions file {path} does not exist")
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield line_no, json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}, line {line_no}: not JSON ({e})") from None
+
+
+def check_predictions_meta(meta: dict, path: Path, dataset_hash: str, split: str) -> None:
+    if meta.get("dataset_hash", dataset_hash) != dataset_hash:
+        raise ValueError(f"{path}: predictions were made for dataset {meta['dataset_hash'][:12]}, "
+                         f"but the evaluated dataset is {dataset_hash[:12]}")
+    if meta.get("split", split) != split:
+        raise ValueError(f"{path}: predictions are for split {meta['split']!r}, evaluating {split!r}")
+
+
+def resolve_prediction_row(record: dict, keys: dict[tuple[str, int], int], n_rows: int, where: str) -> int:
+    """The split row a prediction line refers to (``row``, or ``domain`` + ``source_row``)."""
+    if not isinstance(record.get("items"), list):
+        raise ValueError(f"{where}: needs an 'items' list")
+    if "row" in record:
+        row = record["row"]
+        if not isinstance(row, int) or not 0 <= row < n_rows:
+            raise ValueError(f"{where}: unknown row {row!r} (the split has rows 0..{n_rows - 1})")
+        return row
+    key = (record.get("domain"), record.get("source_row"))
+    if key not in keys:
+        raise ValueError(f"{where}: unknown row {{'domain': {key[0]!r}, 'source_row': {key[1]!r}}}; "
+                         "give 'row' (index in the split) or an existing 'domain' + 'source_row'")
+    return keys[key]

@@ -1,0 +1,210 @@
+"""``report.md`` and PNG plots from a ``metrics.json`` (see eval/run.py for its layout).
+
+    python -m eval.report --metrics artifacts/amazon18/eval/metrics.json     # re-render the report in place
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from eval.published import COLUMNS, LABEL, SOURCE  # noqa: E402
+
+FORMAT = "genrec-eval/1"
+
+
+def load_metrics(path: str | Path, dataset_hash: str | None = None, split: str | None = None) -> dict[str, Any]:
+    """Read a ``metrics.json``; with ``dataset_hash`` / ``split``, refuse one computed on other data."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"metrics file {path} does not exist")
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    if metrics.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an eval metrics file (format {metrics.get('format')!r}, expected {FORMAT!r})")
+    if dataset_hash is not None and metrics["dataset_hash"] != dataset_hash:
+        raise ValueError(f"{path}: computed on dataset {metrics['dataset_hash'][:12]} ({metrics['dataset']}), "
+                         f"not on this dataset {dataset_hash[:12]}; numbers from different data cannot share a table")
+    if split is not None and metrics["split"] != split:
+        raise ValueError(f"{path}: computed on split {metrics['split']!r}, not {split!r}")
+    return metrics
+
+
+def method_names(metrics: dict) -> list[str]:
+    """Methods in run order (JSON files sort their keys, so the order is stored separately)."""
+    return metrics.get("method_order") or list(metrics["methods"])
+
+
+def slice_names(metrics: dict) -> list[str]:
+    first = next(iter(metrics["slices"].values()), {})
+    return metrics.get("slice_order") or list(first)
+
+
+def domain_names(metrics: dict) -> list[str]:
+    """Domains of the evaluated rows, "all" last."""
+    first = metrics["methods"][method_names(metrics)[0]]
+    return sorted(first, key=lambda d: (d == "all", d))
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}".lstrip("0") if abs(value) < 1 else f"{value:.{digits}f}"
+
+
+def method_rows(metrics: dict, domain: str) -> list[str]:
+    """One markdown row per evaluated method for ``domain`` ("all" = every row)."""
+    lines = []
+    for name in method_names(metrics):
+        m = metrics["methods"][name].get(domain)
+        if m is None:
+            continue
+        lat = metrics["latency_ms"].get(name) or {}
+        latency = f"{lat['mean_ms']:.2f} / {lat['p95_ms']:.2f}" if lat else "–"
+        train_s = (metrics["training"].get(name) or {}).get("seconds")
+        cells = [fmt(m[c]) for c in COLUMNS] + [fmt(m["invalid_rate"], 3), latency,
+                                                 "–" if train_s is None else f"{train_s:.0f}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def published_rows(metrics: dict, domain: str) -> list[str]:
+    return [f"| {model} ({LABEL}) | " + " | ".join(fmt(v[c]) for c in COLUMNS) + " | – | – | – |"
+            for model, by_domain in metrics.get("published", {}).items()
+            for v in [by_domain.get(domain)] if v is not None]
+
+
+def results_table(metrics: dict, domain: str) -> str:
+    head = ("| method | HR@3 | NDCG@3 | HR@5 | NDCG@5 | HR@10 | NDCG@10 | invalid | latency ms/user (mean / p95) "
+            "| train s |")
+    sep = "|" + "---|" * 10
+    return "\n".join([head, sep, *method_rows(metrics, domain), *published_rows(metrics, domain)])
+
+
+def per_user_table(metrics: dict) -> str:
+    lines = ["| method | domain | HR@10 per row | HR@10 per user | NDCG@10 per row | NDCG@10 per user | users |",
+             "|---|---|---|---|---|---|---|"]
+    for name in method_names(metrics):
+        for dom in domain_names(metrics):
+            m, u = metrics["methods"][name][dom], metrics["per_user"][name][dom]
+            lines.append(f"| {name} | {dom} | {fmt(m['hr@10'])} | {fmt(u['hr@10'])} | {fmt(m['ndcg@10'])} | "
+                         f"{fmt(u['ndcg@10'])} | {u['users']} |")
+    return "\n".join(lines)
+
+
+def slice_table(metrics: dict) -> str:
+    names, methods = slice_names(metrics), method_names(metrics)
+    lines = ["| method | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+    for method in methods:
+        cells = [(metrics["slices"].get(method) or {}).get(n, {}).get("hr@10") for n in names]
+        lines.append(f"| {method} | " + " | ".join(fmt(c) for c in cells) + " |")
+    if names:
+        lines.append("| rows | " + " | ".join(str(metrics["slices"][methods[0]][n]["rows"]) for n in names) + " |")
+    return "\n".join(lines)
+
+
+def plot_hr_curves(metrics: dict, path: Path) -> None:
+    """HR@K against K per method, one panel per domain; published HR@3/5/10 as hollow markers."""
+    domains = domain_names(metrics)
+    fig, axes = plt.subplots(1, len(domains), figsize=(5 * len(domains), 4.6), squeeze=False)
+    ks = metrics["ks"]
+    for ax, dom in zip(axes[0], domains):
+        for name in method_names(metrics):
+            ax.plot(ks, [metrics["methods"][name][dom][f"hr@{k}"] for k in ks], marker="o", label=name)
+        for model, by_domain in metrics.get("published", {}).items():
+            if dom in by_domain and model in ("SASRec", "TIGER", "MiniOneRec"):
+                ax.plot([3, 5, 10], [by_domain[dom][f"hr@{k}"] for k in (3, 5, 10)], linestyle="--",
+                        marker="s", markerfacecolor="none", alpha=0.6, label=f"{model} (published)")
+        ax.set(title=dom, xlabel="K", ylabel="HR@K", xticks=ks)
+        ax.grid(alpha=0.3)
+    handles = max((ax.get_legend_handles_labels() for ax in axes[0]), key=lambda hl: len(hl[1]))
+    fig.legend(*handles, loc="lower center", ncol=min(len(handles[1]), 7), fontsize=8)
+    fig.suptitle(f"HR@K on {metrics['split']} rows (published: different training data)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_slices(metrics: dict, path: Path) -> None:
+    """Grouped bars: HR@10 per slice (x) and method (colour)."""
+    methods, names = method_names(metrics), slice_names(metrics)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(names)), 4))
+    width = 0.8 / max(len(methods), 1)
+    for j, method in enumerate(methods):
+        values = [(metrics["slices"].get(method) or {}).get(n, {}).get("hr@10") for n in names]
+        values = [float("nan") if v is None else v for v in values]
+        ax.bar([i + j * width for i in range(len(names))], values, width, label=method)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, rotation=20, ha="right", fontsize=8)
+    ax.set(ylabel="HR@10", title=f"HR@10 by slice ({metrics['split']} rows)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def setup_text(m: dict) -> str:
+    rule = m["rules"]
+    return "\n".join([
+        f"- Dataset `{m['dataset']}` (hash `{m['dataset_hash'][:12]}`), evaluated split **{m['split']}** "
+        f"({m['eval_rows']} rows), full-catalogue ranking within the row's domain: {rule['same_domain']}.",
+        f"- Training rows: splits {m['train_splits']} = {m['train_rows']} rows. The `train` split is the leak-free "
+        "reconstruction of the training windows (the original train.csv is not public), so every model here saw "
+        "less data than the published ones.",
+        f"- History items excluded from recommendations: {rule['exclude_history']} (same rule for every method).",
+        f"- {rule['ranking']}",
+        f"- Averaging: {rule['averaging']}. Latency: {rule['latency']}.",
+        f"- Published rows: {SOURCE}; labelled \"{LABEL}\".",
+    ])
+
+
+def write_report(metrics: dict, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``report.md``, ``hr_at_k.png`` and ``slices.png`` into ``out_dir``; return their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"report": out / "report.md", "hr_curve": out / "hr_at_k.png", "slices": out / "slices.png"}
+    plot_hr_curves(metrics, paths["hr_curve"])
+    plot_slices(metrics, paths["slices"])
+    parts = [f"# Evaluation on {metrics['split']} rows", "", setup_text(metrics), ""]
+    for dom in domain_names(metrics):
+        parts += [f"## {dom}", "", results_table(metrics, dom), ""]
+    parts += ["## Per-row vs per-user averaging", "", per_user_table(metrics), "",
+              "## HR@10 by slice", "", slice_table(metrics), "",
+              "## Training", "", training_table(metrics), "",
+              "## Plots", "", "![HR@K](hr_at_k.png)", "", "![slices](slices.png)", "",
+              "## Reproduce", "", "```", *([metrics["dataset_command"]] if metrics.get("dataset_command") else []),
+              metrics["command"], "```", "",
+              f"Seeds: {json.dumps(metrics['seeds'])}. Library versions: {json.dumps(metrics['versions'])}.", ""]
+    paths["report"].write_text("\n".join(parts), encoding="utf-8")
+    return paths
+
+
+def training_table(metrics: dict) -> str:
+    lines = ["| method | train s | examples | epochs | final loss | notes |", "|---|---|---|---|---|---|"]
+    for name in method_names(metrics):
+        t = metrics["training"].get(name) or {}
+        losses = t.get("epoch_losses") or []
+        notes = f"alpha={t['alpha']}" if "alpha" in t else ""
+        lines.append(f"| {name} | {t.get('seconds', 0):.1f} | {t.get('examples', '–')} | {len(losses) or '–'} | "
+                     f"{losses[-1] if losses else '–'} | {notes} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Re-render report.md and plots from a metrics.json")
+    parser.add_argument("--metrics", required=True)
+    parser.add_argument("--output_dir", default=None, help="default: the metrics file's folder")
+    args = parser.parse_args(argv)
+    metrics = load_metrics(args.metrics)
+    paths = write_report(metrics, args.output_dir or Path(args.metrics).parent)
+    print(f"wrote {paths['report']}")
+
+
+if __name__ == "__main__":
+    main()

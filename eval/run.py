@@ -1,0 +1,280 @@
+"""Evaluate every configured method on the same rows; write metrics.json, report.md and plots.
+
+    python -m eval.run --config configs/eval/amazon18.yaml [--methods popularity sasrec ...] [--split valid ...]
+
+Methods are named in the config and built by :data:`METHODS` (name -> constructor). Another model plugs in either
+as a new entry there (an object with ``name``, ``fit``, ``recommend``; see eval/recommenders.py) or, without any
+code here, as a predictions JSONL file: ``methods: [predictions]`` + ``predictions_files: [name=path.jsonl]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from data_builders.dataset import SPLITS, library_versions, load_rec_dataset, write_json
+from eval import evaluate as E
+from eval.published import published_table
+from eval.recommenders import (CandidateRule, Catalogue, PopularityRecommender, PredictionsRecommender, Recommender,
+                               item_target_counts)
+from eval.report import FORMAT, load_metrics, write_report
+from eval.slices import slice_masks
+
+log = logging.getLogger("eval.run")
+
+
+@dataclass
+class EvalArgs:
+    """Every setting of an evaluation run (flat YAML keys, overridable on the command line)."""
+
+    dataset: str = "artifacts/amazon18/dataset"
+    embeddings: str = "artifacts/amazon18/embeddings"  # "" = none (then no semantic init / STARS)
+    output_dir: str = "artifacts/amazon18/eval"
+    split: str = "test"  # the rows evaluated
+    train_splits: list[str] = field(default_factory=lambda: ["train", "valid"])  # rows the methods are fitted on
+    methods: list[str] = field(default_factory=lambda: ["popularity", "sasrec", "sasrec_semantic", "stars"])
+    predictions_files: list[str] = field(default_factory=list)  # method `predictions`: "name=path.jsonl" or path
+    include_metrics: list[str] = field(default_factory=list)  # other runs' metrics.json (same dataset and split)
+    ks: list[int] = field(default_factory=lambda: [1, 3, 5, 10, 20])
+    same_domain: bool = True  # rank within the row's domain, as the published per-domain models do
+    exclude_history: bool = False  # never recommend an item already in the history
+    seed: int = 0  # model seeds and the tie-break order
+    threads: int = 1  # torch CPU threads: these models are small, and on shared cores extra threads spin-wait
+    batch_size: int = 512  # rows per recommend() call
+    latency_rows: int = 200  # rows timed one by one for per-user latency
+    cold_max: int = 2  # cold-start target: seen at most this often as a training target
+    head_share: float = 0.2  # head items: this share of the catalogue, most frequent first
+    short_history_max: int = 3  # short history: at most this many items
+    # SASRec (method `sasrec`; `sasrec_semantic` shares these and overrides init/positions/norm/mlp below).
+    sasrec_dim: int = 64
+    sasrec_layers: int = 2
+    sasrec_heads: int = 2
+    sasrec_dropout: float = 0.2
+    sasrec_epochs: int = 20
+    sasrec_batch_size: int = 256
+    sasrec_lr: float = 1.0e-3
+    sasrec_weight_decay: float = 0.0
+    sasrec_loss: str = "full"  # full | sampled
+    sasrec_negatives: int = 256  # sampled softmax only
+    sasrec_loss_positions: str = "all"  # all | last
+    sasrec_positions: str = "learned"  # learned | rope
+    sasrec_norm: str = "layernorm"  # layernorm | rmsnorm
+    semantic_positions: str = "rope"  # seed 003: semantic init + RoPE + RMSNorm + SiLU-gated MLP
+    semantic_norm: str = "rmsnorm"
+    semantic_mlp: str = "silu_gated"
+    semantic_freeze_epochs: int = 2  # stage 1: item vectors frozen at their text PCA
+    semantic_epochs: int = 8  # it starts from better item vectors and peaks earlier on valid
+    # STARS (method `stars`).
+    stars_dim: int = 64
+    stars_layers: int = 2
+    stars_heads: int = 2
+    stars_dropout: float = 0.2
+    stars_epochs: int = 20
+    stars_batch_size: int = 256
+    stars_lr: float = 1.0e-3
+    stars_weight_decay: float = 0.0
+    stars_tags: bool = True
+    stars_user_token: bool = True
+    stars_pop_prior: bool = True
+    # Generative model (method `generative`, eval/generative.py): an SFT/RL checkpoint decoded with the trie.
+    generative_checkpoint: str = ""
+    generative_num_beams: int = 0  # 0 = the checkpoint's default
+    generative_batch_size: int = 16
+    copy_metrics_to: str = ""  # also write metrics.json here (the main config: benchmarks/results/eval.json)
+
+
+def sasrec_config(a: EvalArgs, semantic: bool):
+    from eval.sasrec import SASRecConfig
+
+    cfg = SASRecConfig(dim=a.sasrec_dim, layers=a.sasrec_layers, heads=a.sasrec_heads, dropout=a.sasrec_dropout,
+                       positions=a.sasrec_positions, norm=a.sasrec_norm, loss=a.sasrec_loss,
+                       num_negatives=a.sasrec_negatives, loss_positions=a.sasrec_loss_positions,
+                       epochs=a.sasrec_epochs, batch_size=a.sasrec_batch_size, lr=a.sasrec_lr,
+                       weight_decay=a.sasrec_weight_decay, seed=a.seed)
+    if semantic:
+        cfg = SASRecConfig(**{**asdict(cfg), "init": "semantic", "positions": a.semantic_positions,
+                              "norm": a.semantic_norm, "mlp": a.semantic_mlp,
+                              "freeze_item_epochs": a.semantic_freeze_epochs, "epochs": a.semantic_epochs})
+    return cfg
+
+
+def build_sasrec(a: EvalArgs, rule: CandidateRule, semantic: bool) -> list[Recommender]:
+    from eval.sasrec import SASRecRecommender
+
+    name = "sasrec_semantic" if semantic else "sasrec"
+    return [SASRecRecommender(sasrec_config(a, semantic), rule, name=name, tie_seed=a.seed)]
+
+
+def build_stars(a: EvalArgs, rule: CandidateRule) -> list[Recommender]:
+    from eval.stars import STARSConfig, STARSRecommender
+
+    cfg = STARSConfig(dim=a.stars_dim, layers=a.stars_layers, heads=a.stars_heads, dropout=a.stars_dropout,
+                      tags=a.stars_tags, user_token=a.stars_user_token, pop_prior=a.stars_pop_prior,
+                      epochs=a.stars_epochs, batch_size=a.stars_batch_size, lr=a.stars_lr,
+                      weight_decay=a.stars_weight_decay, seed=a.seed)
+    return [STARSRecommender(cfg, rule, tie_seed=a.seed)]
+
+
+def build_predictions(a: EvalArgs, rule: CandidateRule) -> list[Recommender]:
+    if not a.predictions_files:
+        raise ValueError("method `predictions` needs predictions_files: [name=path.jsonl, ...]")
+    out = []
+    for spec in a.predictions_files:
+        name, _, path = spec.rpartition("=")
+        out.append(PredictionsRecommender(path, a.split, name=name))
+    return out
+
+
+def build_generative(a: EvalArgs, rule: CandidateRule) -> list[Recommender]:
+    from eval.generative import GenerativeRecommender
+
+    if not a.generative_checkpoint:
+        raise ValueError("method `generative` needs generative_checkpoint (a directory written by sft/train.py)")
+    return [GenerativeRecommender(a.generative_checkpoint, num_beams=a.generative_num_beams or None,
+                                  batch_size=a.generative_batch_size)]
+
+
+# name in the config -> constructor(args, rule) returning the recommenders it stands for.
+METHODS: dict[str, Callable[[EvalArgs, CandidateRule], list[Recommender]]] = {
+    "popularity": lambda a, rule: [PopularityRecommender(rule, tie_seed=a.seed)],
+    "sasrec": lambda a, rule: build_sasrec(a, rule, semantic=False),
+    "sasrec_semantic": lambda a, rule: build_sasrec(a, rule, semantic=True),
+    "stars": build_stars,
+    "predictions": build_predictions,
+    "generative": build_generative,
+}
+NEEDS_EMBEDDINGS = {"sasrec_semantic", "stars"}
+
+
+def check_args(a: EvalArgs) -> None:
+    unknown = [m for m in a.methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {sorted(METHODS)}")
+    for s in [a.split, *a.train_splits]:
+        if s not in SPLITS:
+            raise ValueError(f"unknown split {s!r}; expected one of {SPLITS}")
+    if a.split in a.train_splits:
+        raise ValueError(f"split {a.split!r} is both evaluated and trained on (train_splits={a.train_splits})")
+    later = SPLITS[SPLITS.index(a.split) + 1:]
+    if any(s in later for s in a.train_splits):
+        raise ValueError(f"train_splits={a.train_splits} contains rows after the evaluated split {a.split!r}")
+    if not a.train_splits:
+        raise ValueError("train_splits is empty")
+    if NEEDS_EMBEDDINGS & set(a.methods) and not a.embeddings:
+        raise ValueError(f"methods {sorted(NEEDS_EMBEDDINGS & set(a.methods))} need `embeddings`")
+
+
+def evaluate_methods(a: EvalArgs, dataset, train_rows: list[dict], embeddings, rows: E.EvalRows,
+                     rule: CandidateRule) -> dict:
+    """Fit, run, time and score every configured method. Returns the per-method parts of metrics.json."""
+    catalogue = Catalogue.from_dataset(dataset, a.seed)
+    E.check_ks(a.ks, catalogue, rule)
+    k_request = E.request_size(a.ks, rule, max((len(q.history) for q in rows.queries), default=0))
+    slices = slice_masks(rows.targets, [q.history for q in rows.queries], item_target_counts(train_rows),
+                         catalogue.item_ids, a.cold_max, a.head_share, a.short_history_max)
+    out: dict = {"methods": {}, "per_user": {}, "slices": {}, "latency_ms": {}, "training": {},
+                 "method_order": [], "slice_order": list(slices)}
+    for method in a.methods:
+        for rec in METHODS[method](a, rule):
+            start = time.perf_counter()
+            rec.fit(dataset, train_rows, embeddings)
+            fit_seconds = time.perf_counter() - start
+            lists, seconds = E.collect_lists(rec, rows, k_request, a.batch_size)
+            scored = E.score_lists(lists, rows, catalogue, rule, a.ks, slices)
+            precomputed = isinstance(rec, PredictionsRecommender)
+            if rec.name in out["methods"]:
+                raise ValueError(f"two methods are named {rec.name!r}; give predictions files distinct names")
+            out["method_order"].append(rec.name)
+            out["methods"][rec.name] = scored["by_domain"]
+            out["per_user"][rec.name] = scored["per_user"]
+            out["slices"][rec.name] = scored["slices"]
+            out["latency_ms"][rec.name] = (None if precomputed else
+                                           E.measure_latency(rec, rows, k_request, a.latency_rows, a.seed))
+            out["training"][rec.name] = {**getattr(rec, "train_log", {}), "seconds": round(fit_seconds, 2),
+                                         "recommend_seconds": round(seconds, 2)}
+            log.info("%s: HR@10 %.4f NDCG@10 %.4f (fit %.0f s, recommend %.1f s)", rec.name,
+                     scored["by_domain"]["all"]["hr@10"], scored["by_domain"]["all"]["ndcg@10"], fit_seconds, seconds)
+    return out
+
+
+def merge_included(metrics: dict, paths: list[str]) -> None:
+    """Add the methods of other runs' metrics files (same dataset and split, else an error)."""
+    for path in paths:
+        other = load_metrics(path, metrics["dataset_hash"], metrics["split"])
+        for name in other.get("method_order") or list(other["methods"]):
+            new = name if name not in metrics["methods"] else f"{name} ({path})"
+            for part in ("methods", "per_user", "slices", "latency_ms", "training"):
+                metrics[part][new] = other.get(part, {}).get(name)
+            metrics["method_order"].append(new)
+
+
+def rules_text(a: EvalArgs) -> dict:
+    return {
+        "same_domain": a.same_domain, "exclude_history": a.exclude_history,
+        "ranking": "Duplicates removed (first occurrence kept); ids outside the catalogue count as misses and keep "
+                   "their rank position; score ties broken by a fixed random item order (seeded), never in favour "
+                   "of the target's id; one target per row, rank ρ: HR@K = 1[ρ≤K], NDCG@K = 1[ρ≤K]/log2(ρ+1), "
+                   "MRR@K = 1[ρ≤K]/ρ",
+        "averaging": "per row (every evaluated row weighs the same, as in the published table); per-user "
+                     "averages in `per_user`",
+        "latency": f"{a.latency_rows} random rows recommended one at a time (batch of 1) on this machine's CPU",
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the evaluation; returns the metrics dict (also written to ``output_dir/metrics.json``)."""
+    from trl import TrlParser
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it reports every CPU-specific build it skips
+    argv = list(sys.argv[1:] if argv is None else argv)
+    (a,) = TrlParser((EvalArgs,)).parse_args_and_config(args=argv)
+    check_args(a)
+    import faiss
+    import torch
+
+    torch.set_num_threads(a.threads)
+    faiss.omp_set_num_threads(a.threads)
+    dataset = load_rec_dataset(a.dataset)
+    embeddings = None
+    if a.embeddings:
+        from data_builders.embeddings import load_item_embeddings
+
+        embeddings, _ = load_item_embeddings(a.embeddings, dataset=dataset)
+    train_rows = [r for s in a.train_splits for r in dataset.splits[s].to_list()]
+    rows = E.EvalRows.from_split(dataset.splits[a.split])
+    rule = CandidateRule(same_domain=a.same_domain, exclude_history=a.exclude_history)
+    log.info("%d %s rows; fitting on %s (%d rows); methods %s", len(rows.queries), a.split, a.train_splits,
+             len(train_rows), a.methods)
+
+    metrics = {
+        "format": FORMAT, "dataset": a.dataset, "dataset_hash": dataset.dataset_hash, "split": a.split,
+        "eval_rows": len(rows.queries), "train_splits": a.train_splits, "train_rows": len(train_rows),
+        "ks": a.ks, "rules": rules_text(a),
+        **evaluate_methods(a, dataset, train_rows, embeddings, rows, rule),
+        "published": published_table(),
+        "command": "python -m eval.run " + shlex.join(argv), "seeds": {"seed": a.seed},
+        "dataset_command": dataset.meta.get("command", ""),
+        "config": asdict(a), "versions": library_versions(),
+    }
+    merge_included(metrics, a.include_metrics)
+    out = Path(a.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "metrics.json", metrics)
+    paths = write_report(metrics, out)
+    if a.copy_metrics_to:
+        Path(a.copy_metrics_to).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / "metrics.json", a.copy_metrics_to)
+    print(paths["report"].read_text(encoding="utf-8").split("## Per-row")[0])
+    print(f"wrote {out / 'metrics.json'}, {paths['report']}, {paths['hr_curve'].name}, {paths['slices'].name}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
