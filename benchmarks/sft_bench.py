@@ -1,0 +1,124 @@
+"""SFT benchmark on this CPU: throughput per training mode, and what a fixed CPU budget buys. Prints JSON.
+
+    python benchmarks/sft_bench.py --out benchmarks/results/sft.json [--budget_minutes 10] [--parts throughput budget]
+
+* ``throughput``: SmolLM2-135M (all 30 layers, fp32) trained for a few steps through the real entry point
+  (``sft/train.py``) in each mode — LoRA, full, 4-bit QLoRA (bitsandbytes NF4 on CPU), and LoRA on the first 4
+  layers; tokens/s (first logged interval dropped as warm-up) and peak RSS of each run, from its metrics.jsonl.
+* ``budget``: each option trains for the same wall-time budget, then constrained beam search scores the same fixed
+  validation rows (HR@10, NDCG@10, invalid rate). The CPU demo default is the option with the best NDCG@10.
+* ``test`` (filled from the main command's evaluation when it exists): test HR/NDCG@K of the demo's SFT model.
+
+Each run is a separate process, so peak RSS is per run. The machine is shared: compare ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "configs" / "sft" / "smollm2_lora.yaml"
+THROUGHPUT_MODES = {  # name -> CLI overrides of configs/sft/smollm2_lora.yaml
+    "lora": ["--mode", "lora", "--num_layers", "30"],
+    "full": ["--mode", "full", "--num_layers", "30", "--learning_rate", "1.0e-4"],
+    "qlora_4bit": ["--mode", "qlora", "--num_layers", "30", "--use_cpu", "true"],
+    "lora_4_layers": ["--mode", "lora", "--num_layers", "4"],
+}
+BUDGET_OPTIONS = {
+    "lora_30_layers": ["--mode", "lora", "--num_layers", "30"],
+    "lora_4_layers": ["--mode", "lora", "--num_layers", "4"],
+    "lora_8_layers": ["--mode", "lora", "--num_layers", "8"],
+}
+
+
+def train(out: Path, overrides: list[str], extra: list[str]) -> float:
+    """Run sft/train.py in a subprocess; returns wall seconds. Raises with the tail of stderr on failure."""
+    cmd = [sys.executable, str(REPO / "sft" / "train.py"), "--config", str(CONFIG), "--output_dir", str(out),
+           "--report_to", "none", *overrides, *extra]
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
+    return time.perf_counter() - t0
+
+
+def read_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def throughput(work: Path, steps: int) -> dict:
+    results = {}
+    for name, overrides in THROUGHPUT_MODES.items():
+        out = work / f"tp_{name}"
+        extra = ["--max_steps", str(steps), "--logging_steps", "1", "--eval_strategy", "no", "--save_strategy", "no",
+                 "--val_rec_rows", "0", "--time_budget_minutes", "30", "--load_best_model_at_end", "false"]
+        train(out, overrides, extra)
+        rates = [r["tokens_per_s"] for r in read_log(out) if "tokens_per_s" in r][1:]  # drop warm-up interval
+        results[name] = {"tokens_per_s": round(sum(rates) / len(rates), 1) if rates else None,
+                         "peak_rss_mb": max(r["peak_rss_mb"] for r in read_log(out)), "steps": steps}
+        print(name, results[name], file=sys.stderr)
+    return results
+
+
+def budget(work: Path, minutes: float, val_rows: int) -> dict:
+    results = {}
+    for name, overrides in BUDGET_OPTIONS.items():
+        out = work / f"budget_{name}"
+        extra = ["--time_budget_minutes", str(minutes), "--eval_strategy", "no", "--save_strategy", "no",
+                 "--load_best_model_at_end", "false", "--val_rec_rows", "0", "--num_train_epochs", "100"]
+        seconds = train(out, overrides, extra)
+        results[name] = {"train_wall_s": round(seconds, 1), **validate(out, val_rows)}
+        print(name, results[name], file=sys.stderr)
+    best = max(results, key=lambda n: results[n]["ndcg@10"])
+    return {"budget_minutes": minutes, "validation_rows": val_rows, "options": results, "winner": best}
+
+
+def validate(checkpoint: Path, n_rows: int) -> dict:
+    """Constrained beam search on the same fixed validation rows for every option."""
+    from data_builders.dataset import load_rec_dataset
+    from decoding.catalogue import Catalogue
+    from sft.callbacks import constrained_metrics, sample_rows
+    from sft.modeling import load_sft_checkpoint
+
+    model, tok, artifact = load_sft_checkpoint(checkpoint)
+    meta = json.loads((checkpoint / "genrec_sft.json").read_text())
+    dataset = load_rec_dataset(meta["config"]["script"]["dataset_dir"])
+    rows = sample_rows(dataset.splits["valid"], n_rows, seed=0)
+    steps = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+    t0 = time.perf_counter()
+    metrics = constrained_metrics(model, tok, Catalogue.from_artifact(artifact, dataset), rows)
+    return {"steps": steps, **{k: round(v, 4) for k, v in metrics.items()},
+            "validation_s": round(time.perf_counter() - t0, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--work", type=Path, default=REPO / "artifacts" / "sft_bench")
+    parser.add_argument("--parts", nargs="+", default=["throughput", "budget"])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--budget_minutes", type=float, default=10.0)
+    parser.add_argument("--val_rows", type=int, default=200)
+    args = parser.parse_args()
+    previous = json.loads(args.out.read_text()) if args.out and args.out.exists() else {}
+    result = {**previous, "command": " ".join(["python", "benchmarks/sft_bench.py", *sys.argv[1:]])}
+    if "throughput" in args.parts:
+        result["throughput"] = throughput(args.work, args.steps)
+        result["tokens_per_s"] = {k: v["tokens_per_s"] for k, v in result["throughput"].items()}
+        result["peak_rss_mb"] = {k: v["peak_rss_mb"] for k, v in result["throughput"].items()}
+    if "budget" in args.parts:
+        result["budget"] = budget(args.work, args.budget_minutes, args.val_rows)
+    text = json.dumps(result, indent=2, sort_keys=True)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Trainer callbacks: constrained-decoding validation and a metrics log (tokens/s, peak memory).
+
+:class:`ConstrainedValidation` runs trie-constrained beam search (:func:`decoding.recommend`) on a fixed validation
+sample at every evaluation and adds ``eval_hr@10``, ``eval_ndcg@10``, ``eval_invalid_rate`` to the evaluation
+metrics, so ``metric_for_best_model: ndcg@10`` keeps the best checkpoint by what the product is judged on.
+:class:`MetricsLog` appends every log record, plus tokens/s and peak RSS, to ``<output_dir>/metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import resource
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+log = logging.getLogger(__name__)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def sample_rows(split, n: int, seed: int) -> list[dict]:
+    """A fixed, seeded sample of ``n`` rows of a dataset split (all rows when ``n`` is larger)."""
+    idx = sorted(random.Random(seed).sample(range(len(split)), min(n, len(split))))
+    return [split[i] for i in idx]
+
+
+def constrained_metrics(model, tokenizer, catalogue, rows: list[dict], k: int = 10, num_beams: int | None = None,
+                        history_len: int = 10, batch_size: int = 16) -> dict[str, float]:
+    """HR@1/5/10, NDCG@5/10 and the invalid rate of constrained beam search on ``rows`` (dataset rows)."""
+    from decoding.recommend import recommend
+    from eval.metrics import invalid_rate, ranking_metrics, target_ranks
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        recs = recommend(model, tokenizer, catalogue, [list(r["history"]) for r in rows], k=k,
+                         domains=[r["domain"] for r in rows], num_beams=num_beams, batch_size=batch_size,
+                         max_history=history_len, show_progress=False)
+    model.train(was_training)
+    ranked = [[item for item, _ in rec] for rec in recs]
+    metrics = ranking_metrics(target_ranks(ranked, [r["target"] for r in rows]), ks=(1, 5, 10))
+    metrics = {name: value for name, value in metrics.items() if name in {"hr@1", "hr@5", "hr@10", "ndcg@5",
+                                                                        "ndcg@10"}}
+    metrics["invalid_rate"] = invalid_rate(ranked, set(catalogue.item_ids), k)
+    return metrics
+
+
+class ConstrainedValidation(TrainerCallback):
+    """At each evaluation, add constrained-decoding HR/NDCG on a fixed validation sample to the eval metrics."""
+
+    def __init__(self, tokenizer, catalogue, rows: list[dict], k: int = 10, num_beams: int | None = None,
+                 history_len: int = 10):
+        self.tokenizer, self.catalogue, self.rows = tokenizer, catalogue, rows
+        self.k, self.num_beams, self.history_len = k, num_beams, history_len
+
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        t0 = time.perf_counter()
+        found = constrained_metrics(model, self.tokenizer, self.catalogue, self.rows, self.k, self.num_beams,
+                                    self.history_len)
+        found = {f"eval_{name}": value for name, value in found.items()}
+        if metrics is not None:
+            metrics.update(found)  # the Trainer reads metric_for_best_model from this dict
+        log.info("step %d: constrained validation on %d rows (%.1f s): %s", state.global_step, len(self.rows),
+                 time.perf_counter() - t0, {k: round(v, 4) for k, v in found.items()})
+        state.log_history.append({**found, "step": state.global_step})
+
+
+class MetricsLog(TrainerCallback):
+    """Append each log record + ``tokens_per_s`` and ``peak_rss_mb`` to ``<output_dir>/metrics.jsonl``."""
+
+    def __init__(self, output_dir: str | Path):
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self.last: tuple[float, float] | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or logs is None:
+            return
+        record = {"step": state.global_step, **logs, "peak_rss_mb": round(peak_rss_mb(), 1)}
+        now, tokens = time.perf_counter(), logs.get("num_tokens")
+        if tokens is not None:
+            if self.last is not None and now > self.last[0]:
+                record["tokens_per_s"] = round((float(tokens) - self.last[1]) / (now - self.last[0]), 1)
+            self.last = (now, float(tokens))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, default=float) + "\n")
+
+
+class TimeBudget(TrainerCallback):
+    """Stop training (with a final evaluation and save) once ``minutes`` of wall time have passed — the fair way
+    to compare training options on a CPU: same budget, compare validation NDCG@10."""
+
+    def __init__(self, minutes: float):
+        self.seconds = minutes * 60
+        self.start: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.start is not None and time.perf_counter() - self.start >= self.seconds:
+            log.info("time budget of %.1f min reached at step %d", self.seconds / 60, state.global_step)
+            control.should_training_stop = True
+            control.should_evaluate = args.eval_strategy != "no"
+            control.should_save = args.save_strategy != "no"
+        return control

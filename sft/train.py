@@ -1,0 +1,151 @@
+"""Fine-tune a causal LM with SID tokens to generate the next item's SID from a user's history.
+
+    accelerate launch --config_file accelerate_config.yaml sft/train.py --config configs/sft/smollm2_lora.yaml
+    python sft/train.py --config configs/tiny/sft.yaml --max_steps 2          # single process, no accelerate
+
+Reads the dataset and the SID artifact, extends the base model's vocabulary with the SID tokens (semantic
+initialisation), builds prompt/completion examples with the shared example builder (loss on the completion only),
+trains with TRL's SFTTrainer in one of the modes of sft/modeling.py, and saves the model/adapter, the tokenizer
+with SID tokens, the resolved config and ``genrec_sft.json`` (base model, mode, SID artifact path + hash).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+
+import torch
+from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
+
+from data_builders.dataset import load_rec_dataset
+from data_builders.examples import build_examples
+from decoding.catalogue import Catalogue
+from sft.callbacks import ConstrainedValidation, MetricsLog, TimeBudget, sample_rows
+from sft.modeling import (
+    MODES, SidRowGuard, apply_mode, count_parameters, load_base, sid_artifact_hash, trainable_embedding_params,
+    write_checkpoint_meta,
+)
+from tokenization.artifact import load_sid_artifact
+from tokenization.vocab import check_sid_vocabulary, extend_vocabulary
+
+log = logging.getLogger("sft.train")
+
+
+@dataclass
+class ScriptArguments:
+    dataset_dir: str = field(default="artifacts/amazon18/dataset", metadata={"help": "data_builders.build output"})
+    sid_dir: str = field(default="artifacts/amazon18/sids", metadata={"help": "tokenization.build output"})
+    mode: str = field(default="lora", metadata={"help": f"one of {MODES}"})
+    num_layers: int | None = field(default=None, metadata={"help": "keep only the first N decoder layers"})
+    sid_init: str = field(default="semantic", metadata={"help": "semantic | mean initialisation of SID rows"})
+    train_splits: list[str] = field(default_factory=lambda: ["train"], metadata={"help": "dataset splits to train on"})
+    domains: list[str] | None = field(default=None, metadata={"help": "train on these domains only"})
+    history_len: int = field(default=10, metadata={"help": "last N history items in the prompt"})
+    weight_seq_sid: float = field(default=1.0, metadata={"help": "history SIDs -> next SID (rows multiplicity)"})
+    weight_title2sid: float = field(default=0.0, metadata={"help": "title -> SID alignment (items multiplicity)"})
+    weight_sid2title: float = field(default=0.0, metadata={"help": "SID -> title alignment"})
+    weight_seq_title: float = field(default=0.0, metadata={"help": "history titles -> next SID"})
+    max_train_examples: int | None = field(default=None, metadata={"help": "cap (a CPU budget), after shuffling"})
+    train_sid_rows: bool = field(default=True, metadata={"help": "False: SID rows frozen (e.g. domain adapters on a "
+                                                                 "merged base whose SID rows are shared)"})
+    eval_examples: int = field(default=256, metadata={"help": "validation rows for the eval loss"})
+    val_rec_rows: int = field(default=200, metadata={"help": "validation rows scored with constrained beam search "
+                                                            "at each evaluation (0 = loss only)"})
+    time_budget_minutes: float | None = field(default=None, metadata={"help": "stop after this much wall time"})
+    allow_download: bool = field(default=False, metadata={"help": "let a hub id be downloaded (off: offline)"})
+    val_k: int = field(default=10, metadata={"help": "items recommended per validation row (<= catalogue size)"})
+    val_beams: int | None = field(default=None, metadata={"help": "beam width for that validation (None = k)"})
+
+
+def check_args(script: ScriptArguments, training: SFTConfig, model_args: ModelConfig) -> None:
+    """Clear errors before anything loads."""
+    if script.mode not in MODES:
+        raise ValueError(f"mode={script.mode!r}; choose from {MODES}")
+    if model_args.use_peft or model_args.load_in_4bit or model_args.load_in_8bit:
+        raise ValueError("set `mode: lora | qlora` instead of use_peft / load_in_4bit / load_in_8bit")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() and not training.use_cpu:
+        # Without use_cpu the processes do not join one gloo group: each trains alone and nothing says so.
+        raise ValueError("multi-process training on CPU needs `use_cpu: true` (and ddp_backend gloo)")
+    if not model_args.model_name_or_path:
+        raise ValueError("model_name_or_path is required (e.g. embedded:smollm2-135m, tiny, or an HF path)")
+
+
+def ensure_sid_vocabulary(model, tokenizer, artifact, init: str, dataset) -> dict:
+    """Extend the vocabulary, or — for a base that already has it (a merged SFT model) — verify it."""
+    if artifact.all_tokens()[0] in tokenizer.get_vocab():
+        ids = check_sid_vocabulary(tokenizer, artifact, model)
+        return {"init": "from base checkpoint", "first_token_id": ids[0], "last_token_id": ids[-1],
+                "n_tokens": len(ids)}
+    return extend_vocabulary(model, tokenizer, artifact, init=init, dataset=dataset)
+
+
+def build_datasets(script: ScriptArguments, dataset, artifact, tokenizer, seed: int):
+    weights = {"seq_sid": script.weight_seq_sid, "title2sid": script.weight_title2sid,
+               "sid2title": script.weight_sid2title, "seq_title": script.weight_seq_title}
+    train = build_examples(dataset, artifact, tokenizer, script.train_splits, weights, script.history_len,
+                           script.domains, seed)
+    if script.max_train_examples is not None:
+        train = train.select(range(min(script.max_train_examples, len(train))))
+    valid = build_examples(dataset, artifact, tokenizer, ["valid"], {"seq_sid": 1.0}, script.history_len,
+                           script.domains, seed)
+    valid = valid.select(range(min(script.eval_examples, len(valid))))
+    return train.select_columns(["prompt", "completion"]), valid.select_columns(["prompt", "completion"])
+
+
+def train(script: ScriptArguments, training: SFTConfig, model_args: ModelConfig) -> SFTTrainer:
+    """Build everything, train, save; returns the trainer (its ``model`` is the trained model)."""
+    check_args(script, training, model_args)
+
+    dataset = load_rec_dataset(script.dataset_dir)
+    artifact = load_sid_artifact(script.sid_dir)
+    model, tokenizer = load_base(model_args.model_name_or_path, script.mode, script.num_layers,
+                                 allow_download=script.allow_download)
+    vocab = ensure_sid_vocabulary(model, tokenizer, artifact, script.sid_init, dataset)
+    sid_ids = list(range(vocab["first_token_id"], vocab["last_token_id"] + 1))
+    train_ds, valid_ds = build_datasets(script, dataset, artifact, tokenizer, training.seed)
+    log.info("%d training / %d validation examples; e.g. %r -> %r", len(train_ds), len(valid_ds),
+             train_ds[0]["prompt"][-160:], train_ds[0]["completion"])
+
+    model = apply_mode(model, script.mode, sid_ids, lora_r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
+                       lora_dropout=model_args.lora_dropout, lora_target_modules=model_args.lora_target_modules,
+                       train_sid_rows=script.train_sid_rows)
+    callbacks = [MetricsLog(training.output_dir)]
+    if script.time_budget_minutes is not None:
+        callbacks.append(TimeBudget(script.time_budget_minutes))
+    if script.val_rec_rows > 0:
+        rows = sample_rows(dataset.splits["valid"], script.val_rec_rows, training.seed)
+        rows = [r for r in rows if script.domains is None or r["domain"] in script.domains]
+        catalogue = Catalogue.from_artifact(artifact, dataset)
+        callbacks.append(ConstrainedValidation(tokenizer, catalogue, rows, k=script.val_k, num_beams=script.val_beams,
+                                               history_len=script.history_len))
+    if script.mode != "full" and script.train_sid_rows:
+        callbacks.append(SidRowGuard(trainable_embedding_params(model), sid_ids).install())
+    log.info("parameters: %s", count_parameters(model))
+
+    trainer = SFTTrainer(model=model, args=training, train_dataset=train_ds, eval_dataset=valid_ds,
+                         processing_class=tokenizer, callbacks=callbacks)
+    trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
+    trainer.save_model(training.output_dir)
+    trainer.save_state()  # trainer_state.json: the loss curve and step, beside the model
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(training.output_dir)
+        write_checkpoint_meta(training.output_dir, {
+            "model": model_args.model_name_or_path, "mode": script.mode, "num_layers": script.num_layers,
+            "sid_dir": script.sid_dir, "sid_hash": sid_artifact_hash(artifact), "dataset_hash": dataset.dataset_hash,
+            "vocab": vocab, "history_len": script.history_len,
+            "config": {"script": asdict(script), "model": asdict(model_args), "training": training.to_dict()},
+            "command": " ".join(sys.orig_argv),
+        })
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> SFTTrainer:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig))
+    return train(*parser.parse_args_and_config(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""The SID artifact: the one place every later stage (SFT, RL, decoding, evaluation) reads semantic IDs from.
+
+On disk (one directory, written atomically; same inputs + seed -> byte-identical files)::
+
+    sids/
+      codes.npy          int32 [N, levels]  (levels *including* the de-duplication level, if any)
+      item_ids.json      [N] item ids, row i <-> codes[i] <-> items/embeddings row of the dataset
+      index.json         the same SIDs in MiniOneRec / LC-Rec format {"item_id": ["<a_1>", "<b_2>", ...]}
+      codebooks/*.npy    what produced the codes (RQ centroids [L, K, d], FSQ weights); absent for external SIDs
+      quality.json       see tokenization.quality.quality_report
+      quality.png
+      meta.json          format, algorithm, levels, dedup_level, codebook_sizes, token_format, seed, inputs' hashes,
+                         vocab_init, config, command, versions, content_hashes
+
+Load with :func:`load_sid_artifact`. Token strings come from :mod:`tokenization.sid_format` only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_builders.dataset import DataError, atomic_dir, sha256_file, write_json
+from tokenization.sid_format import (
+    all_sid_tokens,
+    parse_sid_string,
+    parse_sid_tokens,
+    sid_string,
+    sid_tokens,
+    write_index_json,
+)
+
+FORMAT = "genrec-sids/1"
+
+
+@dataclass
+class SidArtifact:
+    """Loaded SIDs: ``codes[i]`` int64 [levels] is the SID of ``item_ids[i]``; ``meta`` is meta.json."""
+
+    item_ids: list[str]
+    codes: np.ndarray
+    meta: dict[str, Any]
+    path: Path | None = None
+    quality: dict[str, Any] | None = None
+    _row: dict[str, int] = field(init=False, repr=False)
+    _item: dict[tuple[int, ...], str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.codes = np.asarray(self.codes, dtype=np.int64)
+        check_codes(self.item_ids, self.codes, self.meta["codebook_sizes"], where=str(self.path or "<sids>"))
+        self._row = {item_id: i for i, item_id in enumerate(self.item_ids)}
+        self._item = {tuple(row): item_id for row, item_id in zip(self.codes.tolist(), self.item_ids)}
+
+    @property
+    def levels(self) -> int:
+        return self.codes.shape[1]
+
+    @property
+    def codebook_sizes(self) -> list[int]:
+        return [int(s) for s in self.meta["codebook_sizes"]]
+
+    def sid_codes(self, item_id: str) -> tuple[int, ...]:
+        """``"Industrial_and_Scientific:0"`` -> ``(12, 5, 200, 0)``; KeyError for an unknown item."""
+        try:
+            return tuple(int(c) for c in self.codes[self._row[item_id]])
+        except KeyError:
+            raise KeyError(f"item {item_id!r} has no SID in {self.path or 'this artifact'}") from None
+
+    def sid_tokens(self, item_id: str) -> list[str]:
+        """``["<a_12>", "<b_5>", "<c_200>", "<d_0>"]``."""
+        return sid_tokens(self.sid_codes(item_id))
+
+    def sid_string(self, item_id: str) -> str:
+        """``"<a_12><b_5><c_200><d_0>"`` (no spaces)."""
+        return sid_string(self.sid_codes(item_id))
+
+    def item_for_sid(self, sid: str | Sequence[str] | Sequence[int]) -> str:
+        """The item carrying ``sid`` (a SID string, a token list or a code tuple); KeyError if none."""
+        key = self._key(sid)
+        if key not in self._item:
+            raise KeyError(f"no item has SID {sid!r}")
+        return self._item[key]
+
+    def has_sid(self, sid: str | Sequence[str] | Sequence[int]) -> bool:
+        """True if ``sid`` is complete and names an item (malformed strings give False)."""
+        try:
+            return self._key(sid) in self._item
+        except ValueError:
+            return False
+
+    def all_tokens(self) -> list[str]:
+        """Every SID token, level by level, code by code — the order tokens are added to a tokenizer."""
+        return all_sid_tokens(self.codebook_sizes)
+
+    def sid_strings(self) -> list[str]:
+        """SID string of every item, in item order."""
+        return [sid_string(row) for row in self.codes.tolist()]
+
+    @staticmethod
+    def _key(sid: str | Sequence[str] | Sequence[int]) -> tuple[int, ...]:
+        if isinstance(sid, str):
+            return parse_sid_string(sid)
+        sid = list(sid)
+        if sid and isinstance(sid[0], str):
+            return parse_sid_tokens(sid)
+        return tuple(int(c) for c in sid)
+
+
+def check_codes(item_ids: Sequence[str], codes: np.ndarray, codebook_sizes: Sequence[int], where: str) -> None:
+    """Raise DataError unless ids are unique, codes fit their codebooks and every SID names exactly one item."""
+    if codes.ndim != 2 or len(codes) != len(item_ids):
+        raise DataError(f"{where}: codes shape {codes.shape} does not match {len(item_ids)} item ids")
+    if codes.shape[1] != len(codebook_sizes):
+        raise DataError(f"{where}: codes have {codes.shape[1]} levels but meta lists {len(codebook_sizes)} codebooks")
+    if len(set(item_ids)) != len(item_ids):
+        dup = Counter(item_ids).most_common(1)[0][0]
+        raise DataError(f"{where}: duplicate item id {dup!r}")
+    bad = (codes < 0) | (codes >= np.asarray(codebook_sizes)[None, :])
+    if bad.any():
+        row, level = map(int, np.argwhere(bad)[0])
+        raise DataError(f"{where}: item {item_ids[row]!r} level {level} code {codes[row, level]} outside "
+                        f"0..{codebook_sizes[level] - 1}")
+    _, first, counts = np.unique(codes, axis=0, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        row = int(first[np.argmax(counts > 1)])
+        raise DataError(f"{where}: {int((counts > 1).sum())} SIDs name more than one item, e.g. "
+                        f"{sid_string(codes[row])} (item {item_ids[row]!r}); resolve collisions when building")
+
+
+def write_sid_artifact(
+    out_dir: str | os.PathLike, item_ids: Sequence[str], codes: np.ndarray, meta: dict[str, Any],
+    quality: dict[str, Any] | None = None, arrays: dict[str, np.ndarray] | None = None,
+    plot_title: str = "",
+) -> dict[str, Any]:
+    """Write the artifact atomically; ``meta`` must hold at least ``codebook_sizes``. Returns the full meta."""
+    check_codes(list(item_ids), codes, meta["codebook_sizes"], where=str(out_dir))
+    meta = {"format": FORMAT, "levels": int(codes.shape[1]), "n_items": len(item_ids), **meta}
+    with atomic_dir(out_dir) as tmp:
+        np.save(tmp / "codes.npy", codes.astype(np.int32))
+        write_json(tmp / "item_ids.json", list(item_ids))
+        write_index_json(tmp / "index.json", item_ids, codes)
+        if arrays:
+            (tmp / "codebooks").mkdir()
+            for name, array in sorted(arrays.items()):
+                np.save(tmp / "codebooks" / f"{name}.npy", np.ascontiguousarray(array))
+        if quality is not None:
+            from tokenization.quality import plot_quality
+
+            write_json(tmp / "quality.json", quality)
+            plot_quality(quality, tmp / "quality.png", title=plot_title)
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+        meta["content_hashes"] = {name: sha256_file(tmp / name) for name in files}
+        write_json(tmp / "meta.json", meta)
+    return meta
+
+
+def load_sid_artifact(path: str | os.PathLike) -> SidArtifact:
+    """Load a directory written by :func:`write_sid_artifact` (validated: every SID names exactly one item)."""
+    path = Path(path)
+    meta_path = path / "meta.json"
+    if not meta_path.exists():
+        raise DataError(f"{path}: not a SID artifact (no meta.json); build one with `python -m tokenization.build`")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("format") != FORMAT:
+        raise DataError(f"{meta_path}: unsupported format {meta.get('format')!r}; expected {FORMAT!r}")
+    item_ids = json.loads((path / "item_ids.json").read_text(encoding="utf-8"))
+    codes = np.load(path / "codes.npy")
+    if codes.shape[1] != meta["levels"]:
+        raise DataError(f"{path}: codes.npy has {codes.shape[1]} levels, meta.json says {meta['levels']}")
+    quality_path = path / "quality.json"
+    quality = json.loads(quality_path.read_text(encoding="utf-8")) if quality_path.exists() else None
+    return SidArtifact(item_ids=item_ids, codes=codes, meta=meta, path=path, quality=quality)
+
+
+def export_index_json(artifact: SidArtifact, path: str | os.PathLike, strip_prefix: str = "") -> None:
+    """Write the artifact's SIDs as a MiniOneRec / LC-Rec ``index.json`` (``strip_prefix`` removed from ids)."""
+    write_index_json(path, artifact.item_ids, artifact.codes, strip_prefix=strip_prefix)

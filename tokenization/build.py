@@ -1,0 +1,144 @@
+"""Build the SID artifact: item embeddings -> semantic IDs -> collisions resolved -> quality report -> artifact dir.
+
+    python -m tokenization.build --config configs/tokenization/amazon18_rqkmeans.yaml [--seed 1 ...]
+
+Reads a dataset (``data_builders.dataset``) and its embeddings (``data_builders.embeddings``), writes
+``output_dir`` (see :mod:`tokenization.artifact`) and prints a one-screen quality summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import faiss
+
+from data_builders.dataset import library_versions
+from tokenization import methods
+from tokenization.artifact import write_sid_artifact
+from tokenization.collisions import COLLISION_METHODS, resolve_collisions
+from tokenization.inputs import BuildInputs, item_users, load_build_inputs
+from tokenization.quality import format_summary, quality_report
+from tokenization.sid_format import LEVEL_LETTERS, TOKEN_FORMAT, sid_string
+
+log = logging.getLogger("tokenization.build")
+VOCAB_INITS = ("semantic", "mean")
+
+
+@dataclass
+class BuildArgs:
+    """Every setting of a SID build (flat YAML keys, overridable on the command line)."""
+
+    dataset: str = "artifacts/amazon18/dataset"
+    embeddings: str = "artifacts/amazon18/embeddings"  # "" only for method=external (no geometry-based quality)
+    output_dir: str = "artifacts/amazon18/sids"
+    method: str = "rq_kmeans"  # rq_kmeans | balanced_rq_kmeans | fsq | external
+    domains: list[str] = field(default_factory=list)  # empty = every item of the dataset
+    seed: int = 0
+    levels: int = 3  # semantic levels (RQ); the de-duplication level comes on top
+    codebook_size: int = 256  # method=external: at least this many tokens per level (more if codes need it)
+    kmeans_iters: int = 20
+    sample_size: int = 0  # rows that train each level / the FSQ net; 0 = all items
+    balance_iters: int = 5  # balanced: rounds of (equal-size assignment, mean update) after k-means
+    sinkhorn_eps: float = 5.0e-2  # balanced: entropic regularisation, relative to the mean distance
+    sinkhorn_iters: int = 50
+    fsq_levels: list[int] = field(default_factory=lambda: [16, 16, 16, 16, 16, 16])
+    fsq_group_size: int = 2  # FSQ dimensions per SID position: 2 x 16 levels = 256 tokens per position
+    fsq_hidden: int = 256  # 0 = linear projection
+    fsq_epochs: int = 20
+    fsq_batch_size: int = 512
+    fsq_lr: float = 1.0e-3
+    external_index: list[str] = field(default_factory=list)  # method=external: MiniOneRec/LC-Rec index.json files
+    external_id_prefixes: list[str] = field(default_factory=list)  # one per file, e.g. "Office_Products:"
+    collision: str = "dedup_level"  # dedup_level (TIGER extra level) | reassign (nearest free last code) | none
+    vocab_init: str = "semantic"  # default init of the SID embedding rows (tokenization.vocab), recorded in meta
+    quality_top_k: int = 10  # hourglass indicator: share of items on each level's top-k codes
+    quality_pairs: int = 5000  # pairs sampled for neighbour consistency
+
+
+def check_args(args: BuildArgs) -> None:
+    choices = {"method": methods.METHODS, "collision": COLLISION_METHODS, "vocab_init": VOCAB_INITS}
+    for name, allowed in choices.items():
+        if getattr(args, name) not in allowed:
+            raise ValueError(f"{name}={getattr(args, name)!r}; choose from {allowed}")
+    if args.method != "external" and not args.embeddings:
+        raise ValueError(f"method={args.method} needs embeddings (a directory from data_builders.embeddings)")
+    if args.method == "external" and not args.external_index:
+        raise ValueError("method=external needs external_index (one or more index.json files)")
+
+
+def compute_codes(args: BuildArgs, inputs: BuildInputs) -> methods.QuantizedCodes:
+    x, sample = inputs.embeddings, args.sample_size or None
+    if args.method == "rq_kmeans":
+        return methods.rq_kmeans_codes(x, args.levels, args.codebook_size, args.seed, args.kmeans_iters, sample)
+    if args.method == "balanced_rq_kmeans":
+        return methods.balanced_rq_kmeans_codes(
+            x, args.levels, args.codebook_size, args.seed, args.kmeans_iters, sample, args.balance_iters,
+            args.sinkhorn_eps, args.sinkhorn_iters)
+    if args.method == "fsq":
+        return methods.fsq_codes(x, args.fsq_levels, args.fsq_group_size, args.seed, args.fsq_hidden,
+                                 args.fsq_epochs, args.fsq_batch_size, args.fsq_lr, sample)
+    return methods.external_codes(args.external_index, args.external_id_prefixes, inputs.item_ids, args.codebook_size)
+
+
+def build_meta(args: BuildArgs, inputs: BuildInputs, q: methods.QuantizedCodes, codes, argv: list[str]) -> dict:
+    dedup = args.collision == "dedup_level"
+    sizes = q.codebook_sizes + ([int(codes[:, -1].max()) + 1] if dedup else [])
+    return {
+        "algorithm": args.method,
+        "levels": int(codes.shape[1]),  # including the de-duplication level
+        "semantic_levels": len(q.codebook_sizes),
+        "dedup_level": dedup,
+        "collision_method": args.collision,
+        "codebook_sizes": sizes,
+        "token_format": TOKEN_FORMAT,
+        "level_letters": LEVEL_LETTERS[: codes.shape[1]],
+        "example_sid": sid_string(codes[0]),
+        "seed": args.seed,
+        "vocab_init": args.vocab_init,
+        "method_info": q.info,
+        "inputs": {
+            "dataset": args.dataset, "dataset_hash": inputs.dataset.dataset_hash, "domains": args.domains,
+            "embeddings": args.embeddings or None, "embeddings_sha256": inputs.embeddings_sha256,
+            "encoder": inputs.embeddings_meta.get("encoder"), "external_index": args.external_index,
+        },
+        "config": asdict(args),
+        "command": "python -m tokenization.build " + shlex.join(argv),
+        "versions": {**library_versions(), "faiss": faiss.__version__},
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the build; returns the artifact's meta.json content."""
+    from trl import TrlParser
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    (args,) = TrlParser((BuildArgs,)).parse_args_and_config(args=argv)
+    check_args(args)
+    min_items = args.codebook_size if args.method in ("rq_kmeans", "balanced_rq_kmeans") else 1
+    inputs = load_build_inputs(args.dataset, args.embeddings or None, args.domains, min_items=min_items)
+    log.info("%d items%s, method %s", len(inputs.item_ids),
+             "" if inputs.embeddings is None else f", embeddings {inputs.embeddings.shape}", args.method)
+
+    start = time.perf_counter()
+    q = compute_codes(args, inputs)
+    codes = resolve_collisions(q.codes, args.collision, q.codebook_sizes[-1], q.last_level_cost)
+    seconds = time.perf_counter() - start
+
+    meta = build_meta(args, inputs, q, codes, argv)
+    quality = quality_report(
+        q.codes, codes, meta["codebook_sizes"], q.recon_errors, inputs.embeddings,
+        item_users(inputs.dataset, inputs.item_ids), args.quality_top_k, args.quality_pairs, args.seed)
+    meta = write_sid_artifact(args.output_dir, inputs.item_ids, codes, meta, quality, q.arrays,
+                              plot_title=f"{args.method} on {args.dataset}")
+    print(format_summary(quality, meta))
+    print(f"fit + encode + collisions: {seconds:.1f} s; wrote {args.output_dir}")
+    return meta
+
+
+if __name__ == "__main__":
+    main()
