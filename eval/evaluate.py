@@ -24,10 +24,17 @@ class EvalRows:
     targets: list[str]
 
     @classmethod
-    def from_split(cls, table: Any) -> "EvalRows":
+    def from_split(cls, table: Any, max_rows: int = 0, seed: int = 0) -> "EvalRows":
+        """Every row, or with ``max_rows`` > 0 a seeded sample of that many (``Query.row`` keeps the split index)."""
+        import random
+
+        idx = list(range(len(table)))
+        if 0 < max_rows < len(idx):
+            idx = sorted(random.Random(seed).sample(idx, max_rows))
+        rows = table.select(idx) if len(idx) < len(table) else table
         queries = [Query(i, r["user_id"], r["domain"], tuple(r["history"]), r["source_row"])
-                   for i, r in enumerate(table)]
-        return cls(queries, list(table["target"]))
+                   for i, r in zip(idx, rows)]
+        return cls(queries, list(rows["target"]))
 
     @property
     def domains(self) -> np.ndarray:

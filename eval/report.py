@@ -153,7 +153,7 @@ def setup_text(m: dict) -> str:
     rule = m["rules"]
     return "\n".join([
         f"- Dataset `{m['dataset']}` (hash `{m['dataset_hash'][:12]}`), evaluated split **{m['split']}** "
-        f"({m['eval_rows']} rows), full-catalogue ranking within the row's domain: {rule['same_domain']}.",
+        f"({m['eval_rows']} rows{sample_note(m)}), full-catalogue ranking within the row's domain: {rule['same_domain']}.",
         f"- Training rows: splits {m['train_splits']} = {m['train_rows']} rows. The `train` split is the leak-free "
         "reconstruction of the training windows (the original train.csv is not public), so every model here saw "
         "less data than the published ones.",
@@ -194,6 +194,12 @@ def training_table(metrics: dict) -> str:
         lines.append(f"| {name} | {t.get('seconds', 0):.1f} | {t.get('examples', '–')} | {len(losses) or '–'} | "
                      f"{losses[-1] if losses else '–'} | {notes} |")
     return "\n".join(lines)
+
+
+def sample_note(m: dict) -> str:
+    """", a seeded sample of the split's N rows" when only part of the split was evaluated."""
+    total = m.get("split_rows", m["eval_rows"])
+    return "" if total == m["eval_rows"] else f", a seeded sample of the split's {total} rows"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -37,6 +37,7 @@ class EvalArgs:
     embeddings: str = "artifacts/amazon18/embeddings"  # "" = none (then no semantic init / STARS)
     output_dir: str = "artifacts/amazon18/eval"
     split: str = "test"  # the rows evaluated
+    max_rows: int = 0  # 0 = every row of the split; N = a seeded sample of N rows (for slow methods)
     train_splits: list[str] = field(default_factory=lambda: ["train", "valid"])  # rows the methods are fitted on
     methods: list[str] = field(default_factory=lambda: ["popularity", "sasrec", "sasrec_semantic", "stars"])
     predictions_files: list[str] = field(default_factory=list)  # method `predictions`: "name=path.jsonl" or path
@@ -248,14 +249,14 @@ def main(argv: list[str] | None = None) -> dict:
 
         embeddings, _ = load_item_embeddings(a.embeddings, dataset=dataset)
     train_rows = [r for s in a.train_splits for r in dataset.splits[s].to_list()]
-    rows = E.EvalRows.from_split(dataset.splits[a.split])
+    rows = E.EvalRows.from_split(dataset.splits[a.split], a.max_rows, a.seed)
     rule = CandidateRule(same_domain=a.same_domain, exclude_history=a.exclude_history)
     log.info("%d %s rows; fitting on %s (%d rows); methods %s", len(rows.queries), a.split, a.train_splits,
              len(train_rows), a.methods)
 
     metrics = {
         "format": FORMAT, "dataset": a.dataset, "dataset_hash": dataset.dataset_hash, "split": a.split,
-        "eval_rows": len(rows.queries), "train_splits": a.train_splits, "train_rows": len(train_rows),
+        "eval_rows": len(rows.queries), "split_rows": len(dataset.splits[a.split]), "train_splits": a.train_splits, "train_rows": len(train_rows),
         "ks": a.ks, "rules": rules_text(a),
         **evaluate_methods(a, dataset, train_rows, embeddings, rows, rule),
         "published": published_table(),

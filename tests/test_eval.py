@@ -206,3 +206,15 @@ def test_popularity_on_the_real_test_rows(tmp_path):
     m = metrics["methods"]["popularity"]
     assert m["all"]["rows"] == 9399 and m["Office_Products"]["rows"] == 4866
     assert m["all"]["hr@10"] == pytest.approx(0.0569, abs=5e-4)
+
+
+def test_max_rows_evaluates_a_seeded_sample_with_split_indices():
+    from eval.evaluate import EvalRows
+    import datasets
+
+    table = datasets.Dataset.from_list([{"user_id": f"u{i}", "domain": "d", "history": ["a"], "target": f"t{i}",
+                                         "source_row": i} for i in range(50)])
+    a, b = EvalRows.from_split(table, max_rows=10, seed=3), EvalRows.from_split(table, max_rows=10, seed=3)
+    assert [q.row for q in a.queries] == [q.row for q in b.queries] and len(a.queries) == 10
+    assert all(a.targets[j] == f"t{q.row}" for j, q in enumerate(a.queries))  # targets stay aligned
+    assert len(EvalRows.from_split(table).queries) == 50
