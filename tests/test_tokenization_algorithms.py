@@ -56,7 +56,7 @@ def test_residual_norm_non_increasing_on_average(fitted):
     x, books, codes = fitted
     errors = rq_kmeans.reconstruction_errors(books, x, codes)
     assert errors[0] == pytest.approx(1.0, abs=1e-5)  # unit-norm inputs
-    assert all(b <= a + 1e-6 for a, b in zip(errors, errors[1:]))
+    assert all(b <= a + 1e-6 for a, b in itertools.pairwise(errors))
     residual = x - rq_kmeans.reconstruct(books, codes)
     assert np.allclose((residual ** 2).sum(1).mean(), errors[-1], rtol=1e-4)
 
@@ -215,7 +215,7 @@ def test_prefix_pairs_share_prefix_and_differ():
 
 
 def test_neighbour_consistency_detects_structure(fitted):
-    x, books, codes = fitted
+    x, _, codes = fitted
     users = [frozenset({f"u{c}"}) for c in codes[:, 0]]  # users buy within one level-1 cluster
     out = quality.neighbour_consistency(codes, x, users, n_pairs=500)
     row = out["prefix_1"]

@@ -99,7 +99,7 @@ def test_untied_output_rows_are_initialised_too():
     config = tied_model.config
     config.tie_word_embeddings = False
     model = AutoModelForCausalLM.from_config(config)
-    artifact, titles = make_artifact()
+    artifact, _ = make_artifact()
     report = extend_vocabulary(model, tok, artifact, init="mean")
     out = model.get_output_embeddings().weight
     assert not report["tied"] and out.data_ptr() != model.get_input_embeddings().weight.data_ptr()
