@@ -36,6 +36,7 @@ class Catalogue:
     domains: list[str | None]
     _row: dict[str, int] = field(init=False, repr=False)
     _tries: dict[bytes, SidTrie] = field(init=False, repr=False, default_factory=dict)
+    _sizes: Counter | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         self.token_index = np.asarray(self.token_index, dtype=np.int32)
@@ -121,6 +122,14 @@ class Catalogue:
 
     def domain_names(self) -> list[str]:
         return sorted({d for d in self.domains if d is not None})
+
+    def domain_size(self, domain: str | None) -> int:
+        """Items in ``domain`` (None = the whole catalogue); 0 for a domain with no items."""
+        if domain is None:
+            return len(self)
+        if self._sizes is None:
+            self._sizes = Counter(self.domains)
+        return self._sizes.get(domain, 0)
 
     def domain_rows(self) -> dict[str | None, np.ndarray]:
         """``{None: all rows, domain: its rows, ...}`` — the trie's roots."""

@@ -109,6 +109,8 @@ def test_catalogue_from_artifact_and_dataset(tmp_path):
     catalogue = Catalogue.from_artifact(artifact, dataset)
     assert [catalogue.sid_string(i) for i in artifact.item_ids] == artifact.sid_strings()
     assert catalogue.domain_names() == ["Mini", "Other"]
+    assert catalogue.domain_size("Mini") == 6 and catalogue.domain_size(None) == 12
+    assert catalogue.domain_size("Books") == 0
     model, tok = load_causal_lm("tiny")
     extend_vocabulary(model, tok, artifact, init="mean")
     history = artifact.item_ids[:2]
