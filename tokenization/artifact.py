@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from data_builders.dataset import DataError, atomic_dir, sha256_file, write_json
+from data_builders.dataset import DataError, atomic_dir, read_artifact_meta, sha256_file, write_json
 from tokenization.sid_format import (
     all_sid_tokens,
     parse_sid_string,
@@ -164,12 +164,7 @@ def write_sid_artifact(
 def load_sid_artifact(path: str | os.PathLike) -> SidArtifact:
     """Load a directory written by :func:`write_sid_artifact` (validated: every SID names exactly one item)."""
     path = Path(path)
-    meta_path = path / "meta.json"
-    if not meta_path.exists():
-        raise DataError(f"{path}: not a SID artifact (no meta.json); build one with `python -m tokenization.build`")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("format") != FORMAT:
-        raise DataError(f"{meta_path}: unsupported format {meta.get('format')!r}; expected {FORMAT!r}")
+    meta = read_artifact_meta(path, FORMAT, "a SID artifact", "python -m tokenization.build")
     item_ids = json.loads((path / "item_ids.json").read_text(encoding="utf-8"))
     codes = np.load(path / "codes.npy")
     if codes.shape[1] != meta["levels"]:
