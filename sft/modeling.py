@@ -125,7 +125,7 @@ class SidRowGuard(TrainerCallback):
     def install(self) -> "SidRowGuard":
         for p in self.params:
             mask = (~self.frozen).to(p.device, p.dtype).unsqueeze(1)  # [rows, 1]
-            p.register_hook(lambda g, m=mask: g * m)
+            p.register_hook(lambda g, m=mask: g * m.to(g.dtype))  # 4-bit bases may produce bf16 gradients
         return self
 
     def restore(self) -> None:

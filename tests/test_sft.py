@@ -88,9 +88,15 @@ def test_4bit_base_runs_forward_and_backward_on_cpu(tmp_path):
     assert any("4bit" in type(m).__name__ for m in q.modules())
     from sft.modeling import apply_mode
 
+    from sft.modeling import SidRowGuard, trainable_embedding_params
+
     q = apply_mode(q, "qlora", [1, 2], lora_r=4, lora_alpha=8, lora_target_modules=["q_proj", "v_proj"])
+    params = trainable_embedding_params(q)
+    SidRowGuard(params, [1, 2]).install()
     out = q(torch.tensor([[1, 2, 3, 4]]), labels=torch.tensor([[1, 2, 3, 4]]))
     out.loss.backward()
+    emb_grad = params[0].grad
+    assert emb_grad[[1, 2]].abs().sum() > 0 and emb_grad[3:].abs().sum() == 0  # only the SID rows learn
     grads = [p.grad for n, p in q.named_parameters() if "lora_A" in n]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
 
