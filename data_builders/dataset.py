@@ -150,7 +150,7 @@ def library_versions() -> dict[str, str]:
         try:
             out[name] = version(name)
         except PackageNotFoundError:
-            pass
+            continue  # not installed: nothing to record
     return out
 
 
