@@ -12,6 +12,10 @@ The prompt uses the tokenizer's chat template when it has one (with a short fixe
 default system prompt cannot change it), a plain ``### Instruction / ### Response`` template otherwise. SIDs are
 written without spaces (``<a_12><b_5><c_200>``) so each SID token stays one token. The completion never includes
 the prompt, so a prompt/completion dataset puts the loss on the completion only.
+
+A SID-only tokenizer (the TIGER-style ``scratch`` model of sft/models.py, recognised by its separator token
+:data:`SID_SEP`) has no words at all: its prompt is the history SIDs, each followed by :data:`SID_SEP`
+(``<a_1><b_2><|sep|><a_3><b_4><|sep|>``), and only ``seq_sid`` applies.
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ INSTRUCTIONS = {
 }
 PLAIN_TEMPLATE = "### Instruction:\n{instruction}\n### Response:\n"
 DEFAULT_MAX_HISTORY = 10
+SID_SEP = "<|sep|>"  # the separator token of SID-only tokenizers: ends every history item
+
+
+def is_sid_only(tokenizer) -> bool:
+    """True for a tokenizer whose vocabulary is special tokens + SID tokens (no text can be written)."""
+    return getattr(tokenizer, "sep_token", None) == SID_SEP
 
 
 def render_prompt(instruction: str, tokenizer) -> str:
@@ -59,6 +69,8 @@ def next_item_prompt(history_sids: Sequence[str], tokenizer, max_history: int = 
     ### Response:
     <BLANKLINE>
     """
+    if is_sid_only(tokenizer):
+        return _history_text([sid + SID_SEP for sid in history_sids], max_history, "")
     history = _history_text(list(history_sids), max_history, ", ")
     return render_prompt(INSTRUCTIONS["seq_sid"].format(history=history), tokenizer)
 
@@ -77,6 +89,9 @@ def build_example(task: str, tokenizer, *, sid: str, title: str = "", history_si
     """
     if task == "seq_sid":
         return {"prompt": next_item_prompt(history_sids, tokenizer, max_history), "completion": sid}
+    if task in TASKS and is_sid_only(tokenizer):
+        raise ValueError(f"task {task!r} needs words, but this tokenizer holds only SID tokens (a `scratch` model): "
+                         "only seq_sid applies; set its other task weights to 0")
     if task == "seq_title":
         return {"prompt": title_history_prompt(history_titles, tokenizer, max_history), "completion": sid}
     if task == "title2sid":

@@ -88,25 +88,52 @@ class MetricsLog(TrainerCallback):
             if self.last is not None and now > self.last[0]:
                 record["tokens_per_s"] = round((float(tokens) - self.last[1]) / (now - self.last[0]), 1)
             self.last = (now, float(tokens))
+        self.write(record)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        """The constrained-decoding metrics join the eval dict after the Trainer logged it: record them here (this
+        callback must come after :class:`ConstrainedValidation` in the callback list)."""
+        extra = {k: v for k, v in (metrics or {}).items() if k.startswith("eval_") and ("@" in k or "invalid" in k)}
+        if state.is_world_process_zero and extra:
+            self.write({"step": state.global_step, **extra, "peak_rss_mb": round(peak_rss_mb(), 1)})
+
+    def write(self, record: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(json.dumps(record, default=float) + "\n")
 
 
 class TimeBudget(TrainerCallback):
-    """Stop training (with a final evaluation and save) once ``minutes`` of wall time have passed — the fair way
-    to compare training options on a CPU: same budget, compare validation NDCG@10."""
+    """Stop training (with a final evaluation and save) once ``minutes`` have passed — the fair way to compare
+    training options on a CPU: same budget, compare validation NDCG@10.
 
-    def __init__(self, minutes: float):
-        self.seconds = minutes * 60
+    ``clock="wall"`` counts wall time; ``clock="cpu"`` counts this process's CPU time divided by its torch thread
+    count, which equals wall time on an idle machine but is not eaten by other jobs on shared cores (use it to
+    compare options measured one after another on a busy machine).
+    """
+
+    CLOCKS = ("wall", "cpu")
+
+    def __init__(self, minutes: float, clock: str = "wall"):
+        if clock not in self.CLOCKS:
+            raise ValueError(f"time budget clock {clock!r}; choose from {self.CLOCKS}")
+        if minutes <= 0:
+            raise ValueError(f"time budget must be positive, got {minutes} minutes")
+        self.seconds, self.clock = minutes * 60, clock
         self.start: float | None = None
 
+    def now(self) -> float:
+        if self.clock == "wall":
+            return time.perf_counter()
+        return time.process_time() / max(1, torch.get_num_threads())
+
     def on_train_begin(self, args, state, control, **kwargs):
-        self.start = time.perf_counter()
+        self.start = self.now()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.start is not None and time.perf_counter() - self.start >= self.seconds:
-            log.info("time budget of %.1f min reached at step %d", self.seconds / 60, state.global_step)
+        if self.start is not None and self.now() - self.start >= self.seconds:
+            log.info("time budget of %.1f %s minutes reached at step %d", self.seconds / 60, self.clock,
+                     state.global_step)
             control.should_training_stop = True
             control.should_evaluate = args.eval_strategy != "no"
             control.should_save = args.save_strategy != "no"

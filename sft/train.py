@@ -4,7 +4,8 @@
     python sft/train.py --config configs/tiny/sft.yaml --max_steps 2          # single process, no accelerate
 
 Reads the dataset and the SID artifact, extends the base model's vocabulary with the SID tokens (semantic
-initialisation), builds prompt/completion examples with the shared example builder (loss on the completion only),
+initialisation; ``model_name_or_path: scratch`` builds a random decoder over a SID-only vocabulary instead),
+builds prompt/completion examples with the shared example builder (loss on the completion only),
 trains with TRL's SFTTrainer in one of the modes of sft/modeling.py, and saves the model/adapter, the tokenizer
 with SID tokens, the resolved config and ``genrec_sft.json`` (base model, mode, SID artifact path + hash).
 """
@@ -27,6 +28,7 @@ from sft.modeling import (
     MODES, SidRowGuard, apply_mode, count_parameters, load_base, sid_artifact_hash, trainable_embedding_params,
     write_checkpoint_meta,
 )
+from sft.models import SCRATCH_SPECS, build_scratch_lm
 from tokenization.artifact import load_sid_artifact
 from tokenization.vocab import check_sid_vocabulary, extend_vocabulary
 
@@ -53,10 +55,15 @@ class ScriptArguments:
     eval_examples: int = field(default=256, metadata={"help": "validation rows for the eval loss"})
     val_rec_rows: int = field(default=200, metadata={"help": "validation rows scored with constrained beam search "
                                                             "at each evaluation (0 = loss only)"})
-    time_budget_minutes: float | None = field(default=None, metadata={"help": "stop after this much wall time"})
+    time_budget_minutes: float | None = field(default=None, metadata={"help": "stop after this many minutes"})
+    time_budget_clock: str = field(default="wall", metadata={"help": "wall | cpu (process CPU time / threads: "
+                                                                     "not eaten by other jobs on shared cores)"})
     allow_download: bool = field(default=False, metadata={"help": "let a hub id be downloaded (off: offline)"})
     val_k: int = field(default=10, metadata={"help": "items recommended per validation row (<= catalogue size)"})
     val_beams: int | None = field(default=None, metadata={"help": "beam width for that validation (None = k)"})
+    scratch_hidden_size: int = field(default=128, metadata={"help": "model_name_or_path: scratch — hidden size"})
+    scratch_layers: int = field(default=4, metadata={"help": "scratch — decoder layers"})
+    scratch_heads: int = field(default=4, metadata={"help": "scratch — attention heads"})
 
 
 def check_args(script: ScriptArguments, training: SFTConfig, model_args: ModelConfig) -> None:
@@ -69,7 +76,14 @@ def check_args(script: ScriptArguments, training: SFTConfig, model_args: ModelCo
         # Without use_cpu the processes do not join one gloo group: each trains alone and nothing says so.
         raise ValueError("multi-process training on CPU needs `use_cpu: true` (and ddp_backend gloo)")
     if not model_args.model_name_or_path:
-        raise ValueError("model_name_or_path is required (e.g. embedded:smollm2-135m, tiny, or an HF path)")
+        raise ValueError("model_name_or_path is required (e.g. embedded:smollm2-135m, tiny, scratch, or an HF path)")
+    if model_args.model_name_or_path in SCRATCH_SPECS:
+        if script.mode != "full":
+            raise ValueError(f"{model_args.model_name_or_path} starts from random weights: use `mode: full`")
+        words = [t for t in ("title2sid", "sid2title", "seq_title") if getattr(script, f"weight_{t}") > 0]
+        if words:
+            raise ValueError(f"{model_args.model_name_or_path} has a SID-only vocabulary: set weight_{words[0]} "
+                             "(and every task but seq_sid) to 0")
 
 
 def ensure_sid_vocabulary(model, tokenizer, artifact, init: str, dataset) -> dict:
@@ -100,8 +114,13 @@ def train(script: ScriptArguments, training: SFTConfig, model_args: ModelConfig)
 
     dataset = load_rec_dataset(script.dataset_dir)
     artifact = load_sid_artifact(script.sid_dir)
-    model, tokenizer = load_base(model_args.model_name_or_path, script.mode, script.num_layers,
-                                 allow_download=script.allow_download)
+    if model_args.model_name_or_path in SCRATCH_SPECS:  # TIGER-style: SID-only vocabulary, random weights
+        model, tokenizer = build_scratch_lm(artifact.all_tokens(), model_args.model_name_or_path,
+                                            script.scratch_hidden_size, script.scratch_layers, script.scratch_heads,
+                                            seed=training.seed)
+    else:
+        model, tokenizer = load_base(model_args.model_name_or_path, script.mode, script.num_layers,
+                                     allow_download=script.allow_download)
     vocab = ensure_sid_vocabulary(model, tokenizer, artifact, script.sid_init, dataset)
     sid_ids = list(range(vocab["first_token_id"], vocab["last_token_id"] + 1))
     train_ds, valid_ds = build_datasets(script, dataset, artifact, tokenizer, training.seed)
@@ -111,15 +130,16 @@ def train(script: ScriptArguments, training: SFTConfig, model_args: ModelConfig)
     model = apply_mode(model, script.mode, sid_ids, lora_r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
                        lora_dropout=model_args.lora_dropout, lora_target_modules=model_args.lora_target_modules,
                        train_sid_rows=script.train_sid_rows)
-    callbacks = [MetricsLog(training.output_dir)]
+    callbacks = []
     if script.time_budget_minutes is not None:
-        callbacks.append(TimeBudget(script.time_budget_minutes))
+        callbacks.append(TimeBudget(script.time_budget_minutes, script.time_budget_clock))
     if script.val_rec_rows > 0:
         rows = sample_rows(dataset.splits["valid"], script.val_rec_rows, training.seed)
         rows = [r for r in rows if script.domains is None or r["domain"] in script.domains]
         catalogue = Catalogue.from_artifact(artifact, dataset)
         callbacks.append(ConstrainedValidation(tokenizer, catalogue, rows, k=script.val_k, num_beams=script.val_beams,
                                                history_len=script.history_len))
+    callbacks.append(MetricsLog(training.output_dir))  # after ConstrainedValidation: it logs what that adds
     if script.mode != "full" and script.train_sid_rows:
         callbacks.append(SidRowGuard(trainable_embedding_params(model), sid_ids).install())
     log.info("parameters: %s", count_parameters(model))

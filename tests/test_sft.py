@@ -196,6 +196,8 @@ def test_constrained_validation_selects_the_best_checkpoint(pipeline, tmp_path):
     assert trainer.state.best_metric == max(h["eval_ndcg@10"] for h in evals)
     lines = [json.loads(x) for x in (tmp_path / "val" / "metrics.jsonl").read_text().splitlines()]
     assert any("tokens_per_s" in x for x in lines) and all(x["peak_rss_mb"] > 0 for x in lines)
+    logged = [x["eval_ndcg@10"] for x in lines if "eval_ndcg@10" in x]  # the constrained metrics reach the log
+    assert logged == [h["eval_ndcg@10"] for h in evals]
 
 
 def test_every_shipped_sft_and_accelerate_config_parses():
@@ -216,3 +218,61 @@ def test_every_shipped_sft_and_accelerate_config_parses():
             assert "bf16: false" in cfg.read_text() and "gradient_checkpointing: false" in cfg.read_text(), cfg
     for cfg in [REPO / "accelerate_config.yaml", *sorted((REPO / "configs" / "accelerate").glob("*.yaml"))]:
         assert yaml.safe_load(cfg.read_text())["distributed_type"] in ("NO", "MULTI_GPU", "DEEPSPEED"), cfg
+
+
+def test_scratch_model_has_a_sid_only_vocabulary_and_trains_end_to_end(pipeline, tmp_path):
+    """TIGER-style base: specials + SID tokens only, random weights, full mode; reloads and decodes real items."""
+    from data_builders.dataset import load_rec_dataset
+    from data_builders.prompts import SID_SEP, next_item_prompt
+    from decoding.catalogue import Catalogue
+    from decoding.recommend import recommend
+
+    artifact = load_sid_artifact(pipeline[1])
+    trainer = run(pipeline, tmp_path / "scratch", "--model_name_or_path", "scratch", "--mode", "full",
+                  "--weight_title2sid", "0", "--scratch_hidden_size", "32", "--scratch_layers", "2",
+                  "--scratch_heads", "2", "--max_steps", "3")
+    model, tok, _ = load_sft_checkpoint(tmp_path / "scratch")
+    assert len(tok) == 4 + len(artifact.all_tokens())  # <pad> <unk> <eos> <|sep|> + SID tokens
+    prompt = next_item_prompt(["<a_0><b_1>", "<a_1><b_2>"], tok)
+    assert prompt == f"<a_0><b_1>{SID_SEP}<a_1><b_2>{SID_SEP}"
+    ids = tok(prompt, return_tensors="pt")["input_ids"]
+    assert tok.unk_token_id not in ids[0].tolist() and ids.shape[1] == 6
+    with torch.no_grad():
+        assert torch.allclose(trainer.model.eval()(ids).logits, model(ids).logits, atol=1e-6)
+    dataset = load_rec_dataset(pipeline[0])
+    rows = list(dataset.splits["test"])[:3]
+    recs = recommend(model, tok, Catalogue.from_artifact(artifact, dataset), [list(r["history"]) for r in rows], k=3,
+                     domains=[r["domain"] for r in rows], show_progress=False)
+    known = set(dataset.item_index())
+    assert all(len(rec) == 3 and all(item in known for item, _ in rec) for rec in recs)
+
+
+def test_scratch_model_rejects_text_tasks_and_lora(pipeline, tmp_path):
+    with pytest.raises(ValueError, match="SID-only vocabulary"):
+        run(pipeline, tmp_path / "s1", "--model_name_or_path", "scratch", "--mode", "full")  # title2sid weight 1
+    with pytest.raises(ValueError, match="mode: full"):
+        run(pipeline, tmp_path / "s2", "--model_name_or_path", "scratch", "--weight_title2sid", "0")
+
+
+def test_time_budget_cpu_clock_ignores_time_spent_waiting():
+    """A wall-clock budget counts sleeping (another job holding the cores); the cpu clock counts only work done."""
+    import time
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    from sft.callbacks import TimeBudget
+
+    args, state = SimpleNamespace(eval_strategy="no", save_strategy="no"), SimpleNamespace(global_step=1)
+    wall, cpu = TimeBudget(0.05 / 60, "wall"), TimeBudget(0.05 / 60, "cpu")
+    for b in (wall, cpu):
+        b.on_train_begin(args, state, TrainerControl())
+    time.sleep(0.2)
+    assert wall.on_step_end(args, state, TrainerControl()).should_training_stop
+    assert not cpu.on_step_end(args, state, TrainerControl()).should_training_stop
+    end = time.process_time() + 0.05 * torch.get_num_threads() + 0.05
+    while time.process_time() < end:  # burn CPU
+        sum(range(1000))
+    assert cpu.on_step_end(args, state, TrainerControl()).should_training_stop
+    with pytest.raises(ValueError, match="clock"):
+        TimeBudget(1.0, "gpu")
