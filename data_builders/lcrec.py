@@ -25,8 +25,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from data_builders.dataset import BuiltDataset, DataError, Item, data_error
-from data_builders.reading import MISSING_MARKERS, clean_list, clean_text, read_json, sha256_content
+from data_builders.dataset import BuiltDataset, Item, data_error
+from data_builders.reading import MISSING_MARKERS, clean_list, clean_text, find_plain_or_gz, read_json, sha256_content
 from data_builders.splits import leave_one_out_rows
 
 log = logging.getLogger(__name__)
@@ -38,12 +38,7 @@ _CATEGORY_SEP = re.compile(r",(?!\s)")
 
 def locate(data_dir: Path, name: str, kind: str, required: bool = False) -> Path | None:
     """``<data_dir>/<name>.<kind>.json`` or its ``.gz``; both present is ambiguous and an error."""
-    found = [p for p in (data_dir / f"{name}.{kind}.json", data_dir / f"{name}.{kind}.json.gz") if p.exists()]
-    if len(found) > 1:
-        raise DataError(f"{found[0]}: both {found[0].name} and {found[1].name} exist; keep one")
-    if not found and required:
-        raise DataError(f"{data_dir}: no {name}.{kind}.json (or .json.gz) found")
-    return found[0] if found else None
+    return find_plain_or_gz(data_dir, f"{name}.{kind}.json", required)
 
 
 def _as_item_id(value: Any, path: Path, record: str) -> str:

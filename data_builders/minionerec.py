@@ -26,8 +26,9 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from data_builders.dataset import BuiltDataset, DataError, Item, Row, data_error
-from data_builders.reading import clean_list, clean_text, parse_literal_list, read_text, sha256_content
+from data_builders.dataset import BuiltDataset, Item, Row, data_error
+from data_builders.reading import (clean_list, clean_text, find_plain_or_gz, parse_literal_list, read_text,
+                                   sha256_content)
 from data_builders.splits import sliding_windows
 
 REQUIRED_COLUMNS = ("user_id", "history_item_id", "item_id")
@@ -35,12 +36,7 @@ REQUIRED_COLUMNS = ("user_id", "history_item_id", "item_id")
 
 def find_file(data_dir: Path, name: str, suffix: str, required: bool = True) -> Path | None:
     """``<data_dir>/<name><suffix>`` or its ``.gz`` twin."""
-    for candidate in (data_dir / f"{name}{suffix}", data_dir / f"{name}{suffix}.gz"):
-        if candidate.exists():
-            return candidate
-    if required:
-        raise DataError(f"{data_dir / (name + suffix)}: file not found (nor its .gz)")
-    return None
+    return find_plain_or_gz(data_dir, f"{name}{suffix}", required)
 
 
 def _no_duplicate_keys(path: Path):

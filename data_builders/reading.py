@@ -23,6 +23,16 @@ def _open_bytes(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
+def find_plain_or_gz(data_dir: Path, filename: str, required: bool = True) -> Path | None:
+    """``<data_dir>/<filename>`` or its ``.gz`` twin; both present is ambiguous and an error."""
+    found = [p for p in (data_dir / filename, data_dir / f"{filename}.gz") if p.exists()]
+    if len(found) > 1:
+        raise DataError(f"{found[0]}: both {found[0].name} and {found[1].name} exist; keep one")
+    if not found and required:
+        raise DataError(f"{data_dir / filename}: file not found (nor its .gz)")
+    return found[0] if found else None
+
+
 def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, text)`` (1-based, newline stripped) from a plain or gzipped UTF-8 file."""
     path = Path(path)

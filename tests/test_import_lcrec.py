@@ -174,7 +174,7 @@ def test_index_bad_value(toy_dir: Path, value: str):
 
 
 def test_missing_or_ambiguous_inter_file(toy_dir: Path):
-    with pytest.raises(DataError, match=r"no Nope\.inter\.json \(or \.json\.gz\) found"):
+    with pytest.raises(DataError, match=r"Nope\.inter\.json: file not found \(nor its \.gz\)"):
         import_lcrec(toy_dir, "Nope")
     _write(toy_dir / "Toy.inter.json.gz", gzip.compress(b"{}", mtime=0))
     with pytest.raises(DataError, match=r"both Toy\.inter\.json and Toy\.inter\.json\.gz exist"):
