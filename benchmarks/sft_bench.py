@@ -1,6 +1,6 @@
 """SFT benchmark on this CPU: throughput per training mode, and what a fixed CPU budget buys. Prints JSON.
 
-    python benchmarks/sft_bench.py --out benchmarks/results/sft.json [--budget_minutes 10] [--parts throughput budget]
+    python benchmarks/sft_bench.py --out benchmarks/results/sft.json [--budget_minutes 10] [--parts throughput budget test]
 
 * ``throughput``: SmolLM2-135M (all 30 layers, fp32) trained for a few steps through the real entry point
   (``sft/train.py``) in each mode — LoRA, full, 4-bit QLoRA (bitsandbytes NF4 on CPU), and LoRA on the first 4
@@ -11,7 +11,8 @@
   the same fixed validation rows (HR@10, NDCG@10, invalid rate). The CPU demo default is the option with the best
   NDCG@10. Options: SmolLM2-135M LoRA with all 30 / the first 8 / the first 4 layers, and the TIGER-style
   ``scratch`` decoder (configs/sft/scratch.yaml) on the same SIDs and on balanced RQ-KMeans SIDs.
-* ``test`` (filled from the main command's evaluation when it exists): test HR/NDCG@K of the demo's SFT model.
+* ``test``: the demo's SFT model on test (HR/NDCG@K, invalid rate per domain) beside popularity, read from the main
+  command's generative evaluation (``artifacts/amazon18/eval_generative/metrics.json``, written by ``make demo``).
 
 Each run is a separate process, so peak RSS is per run. The machine is shared: compare ratios within one run.
 """
@@ -111,12 +112,35 @@ def validate(checkpoint: Path, n_rows: int) -> dict:
             "validation_s": round(time.perf_counter() - t0, 1)}
 
 
+TEST_KEYS = ("hr@1", "hr@3", "hr@5", "hr@10", "ndcg@3", "ndcg@5", "ndcg@10", "invalid_rate")
+
+
+def test_part(metrics_path: Path) -> dict:
+    """``test`` / ``test_popularity`` per domain from an eval.run metrics.json that has a ``generative`` method."""
+    if not metrics_path.exists():
+        raise FileNotFoundError(f"{metrics_path} is missing: run `make demo` first (its last step writes it)")
+    m = json.loads(metrics_path.read_text())
+    if "generative" not in m["methods"]:
+        raise ValueError(f"{metrics_path} has no `generative` method (methods: {m['method_order']})")
+    sft_meta = json.loads((Path(m["config"]["generative_checkpoint"]) / "genrec_sft.json").read_text())
+    state = json.loads((Path(m["config"]["generative_checkpoint"]) / "trainer_state.json").read_text())
+
+    def pick(method: str) -> dict:
+        return {dom: {k: round(v[k], 4) for k in TEST_KEYS if k in v} for dom, v in m["methods"][method].items()}
+
+    rows = sum(v["rows"] for d, v in m["methods"]["generative"].items() if d != "all")
+    return {"test": pick("generative"), "test_popularity": pick("popularity"),
+            "test_source": {"sft_command": sft_meta["command"], "sft_steps": state["global_step"],
+                            "eval_command": m["command"], "split": m["split"], "rows": rows}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--work", type=Path, default=REPO / "artifacts" / "sft_bench")
     parser.add_argument("--parts", nargs="+", default=["throughput", "budget"])
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--eval_metrics", type=Path, default=REPO / "artifacts/amazon18/eval_generative/metrics.json")
     parser.add_argument("--budget_minutes", type=float, default=10.0)
     parser.add_argument("--val_rows", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1,
@@ -125,11 +149,15 @@ def main() -> None:
     parser.add_argument("--options", nargs="+", default=list(BUDGET_OPTIONS), choices=list(BUDGET_OPTIONS))
     args = parser.parse_args()
     previous = json.loads(args.out.read_text()) if args.out and args.out.exists() else {}
-    result = {**previous, "command": " ".join(["python", "benchmarks/sft_bench.py", *sys.argv[1:]])}
+    command = " ".join(["python", "benchmarks/sft_bench.py", *sys.argv[1:]])
+    result = {**previous, "command": command}  # the latest run; `commands` says which run wrote each part
+    result["commands"] = {**previous.get("commands", {}), **{part: command for part in args.parts}}
     if "throughput" in args.parts:
         result["throughput"] = throughput(args.work, args.steps)
         result["tokens_per_s"] = {k: v["tokens_per_s"] for k, v in result["throughput"].items()}
         result["peak_rss_mb"] = {k: v["peak_rss_mb"] for k, v in result["throughput"].items()}
+    if "test" in args.parts:
+        result.update(test_part(args.eval_metrics))
     if "budget" in args.parts:
         result["budget"] = budget(args.work, args.budget_minutes, args.val_rows, args.options, args.threads)
     text = json.dumps(result, indent=2, sort_keys=True)
