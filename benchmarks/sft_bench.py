@@ -37,8 +37,8 @@ THROUGHPUT_MODES = {  # name -> CLI overrides of configs/sft/smollm2_lora.yaml
     "lora_4_layers": ["--mode", "lora", "--num_layers", "4"],
 }
 BUDGET_OPTIONS = {  # name -> (config, CLI overrides)
-    "scratch": (SCRATCH, []),
-    "scratch_balanced_sids": (SCRATCH, ["--sid_dir", "artifacts/amazon18/sids_balanced"]),
+    "scratch": (SCRATCH, ["--train_splits", "train"]),
+    "scratch_balanced_sids": (SCRATCH, ["--train_splits", "train", "--sid_dir", "artifacts/amazon18/sids_balanced"]),
     "lora_4_layers": (CONFIG, ["--mode", "lora", "--num_layers", "4"]),
     "lora_8_layers": (CONFIG, ["--mode", "lora", "--num_layers", "8"]),
     "lora_30_layers": (CONFIG, ["--mode", "lora", "--num_layers", "30"]),

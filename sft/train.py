@@ -75,6 +75,8 @@ def check_args(script: ScriptArguments, training: SFTConfig, model_args: ModelCo
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() and not training.use_cpu:
         # Without use_cpu the processes do not join one gloo group: each trains alone and nothing says so.
         raise ValueError("multi-process training on CPU needs `use_cpu: true` (and ddp_backend gloo)")
+    if "test" in script.train_splits:
+        raise ValueError("train_splits contains `test`: the test rows are what evaluation scores (use train, valid)")
     if not model_args.model_name_or_path:
         raise ValueError("model_name_or_path is required (e.g. embedded:smollm2-135m, tiny, scratch, or an HF path)")
     if model_args.model_name_or_path in SCRATCH_SPECS:

@@ -250,6 +250,8 @@ def test_scratch_model_has_a_sid_only_vocabulary_and_trains_end_to_end(pipeline,
 def test_scratch_model_rejects_text_tasks_and_lora(pipeline, tmp_path):
     with pytest.raises(ValueError, match="SID-only vocabulary"):
         run(pipeline, tmp_path / "s1", "--model_name_or_path", "scratch", "--mode", "full")  # title2sid weight 1
+    with pytest.raises(ValueError, match="contains `test`"):
+        run(pipeline, tmp_path / "s0", "--train_splits", "train", "test")
     with pytest.raises(ValueError, match="mode: full"):
         run(pipeline, tmp_path / "s2", "--model_name_or_path", "scratch", "--weight_title2sid", "0")
 
