@@ -8,7 +8,7 @@ Candidate rule (identical for every method, applied again by the evaluator to wh
 recommend only items of the row's domain (``same_domain``; the published models were trained and ranked per domain)
 and, when ``exclude_history`` is set, never an item already in the row's history.
 
-Precomputed predictions (any external model: the generative model via ``decoding``, the dense retrievers) are a JSONL
+Precomputed predictions (any external model, e.g. the generative model via ``decoding``) are a JSONL
 file, one line per evaluated row::
 
     {"meta": {"dataset_hash": "908709bd...", "split": "test", "name": "genrec"}}     # optional first line

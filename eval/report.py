@@ -67,7 +67,7 @@ def method_rows(metrics: dict, domain: str) -> list[str]:
         if m is None:
             continue
         lat = metrics["latency_ms"].get(name) or {}
-        latency = f"{lat['mean_ms']:.2f} / {lat['p95_ms']:.2f}" if lat else "–"
+        latency = f"{lat['mean_ms']:.2f} / {lat['p50_ms']:.2f} / {lat['p95_ms']:.2f}" if lat else "–"
         train_s = (metrics["training"].get(name) or {}).get("seconds")
         cells = [fmt(m[c]) for c in COLUMNS] + [fmt(m["invalid_rate"], 3), latency,
                                                  "–" if train_s is None else f"{train_s:.0f}"]
@@ -82,7 +82,7 @@ def published_rows(metrics: dict, domain: str) -> list[str]:
 
 
 def results_table(metrics: dict, domain: str) -> str:
-    head = ("| method | HR@3 | NDCG@3 | HR@5 | NDCG@5 | HR@10 | NDCG@10 | invalid | latency ms/user (mean / p95) "
+    head = ("| method | HR@3 | NDCG@3 | HR@5 | NDCG@5 | HR@10 | NDCG@10 | invalid | latency ms/user (mean / p50 / p95) "
             "| train s |")
     sep = "|" + "---|" * 10
     return "\n".join([head, sep, *method_rows(metrics, domain), *published_rows(metrics, domain)])
@@ -174,6 +174,8 @@ def write_report(metrics: dict, out_dir: str | Path) -> dict[str, Path]:
     parts = [f"# Evaluation on {metrics['split']} rows", "", setup_text(metrics), ""]
     for dom in domain_names(metrics):
         parts += [f"## {dom}", "", results_table(metrics, dom), ""]
+    if max(metrics["ks"]) > 10 and 10 in metrics["ks"]:
+        parts += [f"## Recall@10 / @{max(metrics['ks'])} and NDCG@10 per domain", "", recall_table(metrics), ""]
     parts += ["## Per-row vs per-user averaging", "", per_user_table(metrics), "",
               "## HR@10 by slice", "", slice_table(metrics), "",
               "## Training", "", training_table(metrics), "",
@@ -186,13 +188,29 @@ def write_report(metrics: dict, out_dir: str | Path) -> dict[str, Path]:
 
 
 def training_table(metrics: dict) -> str:
-    lines = ["| method | train s | examples | epochs | final loss | notes |", "|---|---|---|---|---|---|"]
+    """Fit time, loss and memory per method; params/user = numbers generated per user (the dense morphs: 2dr or
+    d²; "–" for methods that do not report it); peak RSS = the process's peak while fitting."""
+    lines = ["| method | train s | examples | epochs | final loss | peak RSS MB | params/user | notes |",
+             "|---|---|---|---|---|---|---|---|"]
     for name in method_names(metrics):
         t = metrics["training"].get(name) or {}
         losses = t.get("epoch_losses") or []
         notes = f"alpha={t['alpha']}" if "alpha" in t else ""
         lines.append(f"| {name} | {t.get('seconds', 0):.1f} | {t.get('examples', '–')} | {len(losses) or '–'} | "
-                     f"{losses[-1] if losses else '–'} | {notes} |")
+                     f"{losses[-1] if losses else '–'} | {t.get('peak_rss_mb', '–')} | {t.get('params_per_user', '–')} "
+                     f"| {notes} |")
+    return "\n".join(lines)
+
+
+def recall_table(metrics: dict) -> str:
+    """Recall@10, Recall@K_max and NDCG@10 per domain (one target per row: Recall@K = HR@K)."""
+    kmax, domains = max(metrics["ks"]), domain_names(metrics)
+    head = "| method | " + " | ".join(f"{d} R@10 | {d} R@{kmax} | {d} NDCG@10" for d in domains) + " |"
+    lines = [head, "|" + "---|" * (1 + 3 * len(domains))]
+    for name in method_names(metrics):
+        m = metrics["methods"][name]
+        cells = [fmt(m[d].get(key)) for d in domains for key in ("hr@10", f"hr@{kmax}", "ndcg@10")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -14,7 +14,7 @@ import shlex
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -41,7 +41,8 @@ class EvalArgs:
     train_splits: list[str] = field(default_factory=lambda: ["train", "valid"])  # rows the methods are fitted on
     methods: list[str] = field(default_factory=lambda: ["popularity", "sasrec", "sasrec_semantic", "stars"])
     predictions_files: list[str] = field(default_factory=list)  # method `predictions`: "name=path.jsonl" or path
-    include_metrics: list[str] = field(default_factory=list)  # other runs' metrics.json (same dataset and split)
+    include_metrics: list[str] = field(default_factory=list)  # other runs' metrics.json (same dataset and rows)
+    include_methods: list[str] = field(default_factory=list)  # only these methods of include_metrics ([] = all)
     ks: list[int] = field(default_factory=lambda: [1, 3, 5, 10, 20])
     same_domain: bool = True  # rank within the row's domain, as the published per-domain models do
     exclude_history: bool = False  # never recommend an item already in the history
@@ -87,6 +88,34 @@ class EvalArgs:
     generative_checkpoint: str = ""
     generative_num_beams: int = 0  # 0 = the checkpoint's default
     generative_batch_size: int = 16
+    # Dense retrieval (methods random, bm25, bi_encoder, bi_encoder_title, xpert, mini_xpert; eval/dense/).
+    dense_text: str = "meta"  # item text of xpert / mini_xpert: meta (the embeddings artifact) | title
+    dense_dim: int = 0  # the model's d; 0 = the item embeddings' d (set it to assert the artifact's dimension)
+    dense_history_len: int = 10  # L: newest history items the query sees
+    dense_query: str = "mean"  # bi-encoder query: mean | last history item vector
+    dense_pooling: str = "lstm"  # mini_xpert h_u: lstm | mean
+    dense_seed_vector: str = "last"  # mini_xpert v_seed: last | mean history item (xpert: always mean)
+    dense_rank: int = 32  # mini_xpert r: 2dr personalisation parameters per user
+    dense_hidden: int = 256  # mini_xpert h_u size (LSTM hidden)
+    dense_xpert_hidden: int = 256  # xpert h_u size; its hypernetwork has d² × this weights
+    dense_epochs: int = 10
+    dense_xpert_epochs: int = 10
+    dense_batch_size: int = 64
+    dense_lr: float = 1.0e-3
+    dense_tau: float = 0.05
+    dense_negatives: str = "in_batch"  # in_batch (seed 000) | domain (every item of the row's domain)
+    dense_finetune_encoder_layers: int = 0  # > 0: also train the encoder's last layers (hours on CPU)
+    dense_item_max_tokens: int = 64  # fine-tuning only: item text budget in tokens
+    dense_encoder: str = "embedded:all-minilm-l6-v2"  # title embeddings and fine-tuning
+    dense_index: str = "exact"  # exact (IndexFlatIP) | ivf | hnsw
+    dense_ivf_nlist: int = 256
+    dense_ivf_nprobe: int = 16
+    dense_hnsw_m: int = 32
+    dense_hnsw_ef_search: int = 64
+    dense_bm25_k1: float = 1.2
+    dense_bm25_b: float = 0.75
+    dense_sweep: str = ""  # method mini_xpert_sweep: the dense_<name> setting varied (e.g. rank, pooling) ...
+    dense_sweep_values: list[str] = field(default_factory=list)  # ... over these values: one model per value
     copy_metrics_to: str = ""  # also write metrics.json here (the main config: benchmarks/results/eval.json)
 
 
@@ -141,6 +170,52 @@ def build_generative(a: EvalArgs, rule: CandidateRule) -> list[Recommender]:
                                   batch_size=a.generative_batch_size)]
 
 
+def dense_config(a: EvalArgs, method: str):
+    from eval.dense.index import IndexConfig
+    from eval.dense.recommenders import DenseConfig
+    from eval.dense.towers import TowerConfig
+    from eval.dense.training import DenseTrainConfig
+
+    xpert = method == "xpert"
+    tower = {"bi_encoder": None, "bi_encoder_title": None,
+             "xpert": TowerConfig(morph="full_rank", adapter="mean", hidden=a.dense_xpert_hidden, seed_vector="mean"),
+             "mini_xpert": TowerConfig(morph="low_rank", rank=a.dense_rank, adapter=a.dense_pooling,
+                                       hidden=a.dense_hidden, seed_vector=a.dense_seed_vector)}[method]
+    train = DenseTrainConfig(epochs=a.dense_xpert_epochs if xpert else a.dense_epochs, batch_size=a.dense_batch_size,
+                             lr=a.dense_lr, tau=a.dense_tau, negatives=a.dense_negatives, seed=a.seed)
+    index = IndexConfig(kind=a.dense_index, ivf_nlist=a.dense_ivf_nlist, ivf_nprobe=a.dense_ivf_nprobe,
+                        hnsw_m=a.dense_hnsw_m, hnsw_ef_search=a.dense_hnsw_ef_search, seed=a.seed)
+    text = {"bi_encoder": "meta", "bi_encoder_title": "title"}.get(method, a.dense_text)
+    return DenseConfig(text=text, history_len=a.dense_history_len, query=a.dense_query, dim=a.dense_dim, tower=tower,
+                       train=train, index=index, encoder=a.dense_encoder,
+                       finetune_encoder_layers=a.dense_finetune_encoder_layers if tower else 0,
+                       item_max_tokens=a.dense_item_max_tokens)
+
+
+def build_dense(a: EvalArgs, rule: CandidateRule, method: str) -> list[Recommender]:
+    from eval.dense.recommenders import BM25Recommender, DenseRecommender, RandomRecommender
+
+    if method == "random":
+        return [RandomRecommender(rule, seed=a.seed)]
+    if method == "bm25":
+        return [BM25Recommender(rule, k1=a.dense_bm25_k1, b=a.dense_bm25_b, tie_seed=a.seed)]
+    if method == "mini_xpert_sweep":
+        return [DenseRecommender(dense_config(b, "mini_xpert"), rule, name=f"mini_xpert[{a.dense_sweep}={v}]",
+                                 tie_seed=a.seed) for v, b in sweep_args(a)]
+    return [DenseRecommender(dense_config(a, method), rule, name=method, tie_seed=a.seed)]
+
+
+def sweep_args(a: EvalArgs) -> list[tuple[str, EvalArgs]]:
+    """``(value, args with dense_<sweep> = value)`` for each value of the ablation sweep."""
+    key = f"dense_{a.dense_sweep}"
+    if not a.dense_sweep or not hasattr(a, key) or not a.dense_sweep_values:
+        raise ValueError(f"method mini_xpert_sweep needs dense_sweep (a dense_* setting, e.g. rank) and "
+                         f"dense_sweep_values; got dense_sweep={a.dense_sweep!r}, values {a.dense_sweep_values}")
+    kind = type(getattr(a, key))
+    cast = (lambda v: str(v).lower() in ("true", "1")) if kind is bool else kind  # noqa: E731
+    return [(str(v), replace(a, **{key: cast(v)})) for v in a.dense_sweep_values]
+
+
 # name in the config -> constructor(args, rule) returning the recommenders it stands for.
 METHODS: dict[str, Callable[[EvalArgs, CandidateRule], list[Recommender]]] = {
     "popularity": lambda a, rule: [PopularityRecommender(rule, tie_seed=a.seed)],
@@ -149,8 +224,10 @@ METHODS: dict[str, Callable[[EvalArgs, CandidateRule], list[Recommender]]] = {
     "stars": build_stars,
     "predictions": build_predictions,
     "generative": build_generative,
+    **{m: (lambda a, rule, m=m: build_dense(a, rule, m))
+       for m in ("random", "bm25", "bi_encoder", "bi_encoder_title", "xpert", "mini_xpert", "mini_xpert_sweep")},
 }
-NEEDS_EMBEDDINGS = {"sasrec_semantic", "stars"}
+NEEDS_EMBEDDINGS = {"sasrec_semantic", "stars", "bi_encoder"}  # (xpert / mini_xpert too with dense_text: meta)
 
 
 def check_args(a: EvalArgs) -> None:
@@ -167,8 +244,10 @@ def check_args(a: EvalArgs) -> None:
         raise ValueError(f"train_splits={a.train_splits} contains rows after the evaluated split {a.split!r}")
     if not a.train_splits:
         raise ValueError("train_splits is empty")
-    if NEEDS_EMBEDDINGS & set(a.methods) and not a.embeddings:
-        raise ValueError(f"methods {sorted(NEEDS_EMBEDDINGS & set(a.methods))} need `embeddings`")
+    needs = NEEDS_EMBEDDINGS | ({"xpert", "mini_xpert", "mini_xpert_sweep"} if a.dense_text == "meta" and
+                                 not a.dense_finetune_encoder_layers else set())
+    if needs & set(a.methods) and not a.embeddings:
+        raise ValueError(f"methods {sorted(needs & set(a.methods))} need `embeddings`")
 
 
 def evaluate_methods(a: EvalArgs, dataset, train_rows: list[dict], embeddings, rows: E.EvalRows,
@@ -204,15 +283,29 @@ def evaluate_methods(a: EvalArgs, dataset, train_rows: list[dict], embeddings, r
     return out
 
 
-def merge_included(metrics: dict, paths: list[str]) -> None:
-    """Add the methods of other runs' metrics files (same dataset and split, else an error)."""
+def merge_included(metrics: dict, paths: list[str], only: list[str] | None = None) -> None:
+    """Add the methods (all, or those in ``only``) of other runs' metrics files; they must have scored the same
+    rows (same dataset, split and row sample), else an error."""
     for path in paths:
         other = load_metrics(path, metrics["dataset_hash"], metrics["split"])
-        for name in other.get("method_order") or list(other["methods"]):
+        if row_sample(other) != row_sample(metrics):
+            raise ValueError(f"{path}: scored {row_sample(other)} (rows, max_rows, seed), this run "
+                             f"{row_sample(metrics)}; only metrics of the same rows can share a table")
+        names = other.get("method_order") or list(other["methods"])
+        missing = sorted(set(only or []) - set(names))
+        if missing:
+            raise ValueError(f"{path}: has no methods {missing} (it has {names})")
+        for name in [n for n in names if not only or n in only]:
             new = name if name not in metrics["methods"] else f"{name} ({path})"
             for part in ("methods", "per_user", "slices", "latency_ms", "training"):
                 metrics[part][new] = other.get(part, {}).get(name)
             metrics["method_order"].append(new)
+
+
+def row_sample(metrics: dict) -> tuple:
+    """Which rows a run scored: (rows, max_rows, seed of the sample); the seed only matters for a sample."""
+    max_rows = metrics.get("config", {}).get("max_rows", 0)
+    return metrics["eval_rows"], max_rows, metrics.get("seeds", {}).get("seed") if max_rows else None
 
 
 def rules_text(a: EvalArgs) -> dict:
@@ -264,7 +357,7 @@ def main(argv: list[str] | None = None) -> dict:
         "dataset_command": dataset.meta.get("command", ""),
         "config": asdict(a), "versions": library_versions(),
     }
-    merge_included(metrics, a.include_metrics)
+    merge_included(metrics, a.include_metrics, a.include_methods)
     out = Path(a.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", metrics)
