@@ -104,7 +104,7 @@ class EvalArgs:
     dense_lr: float = 1.0e-3
     dense_tau: float = 0.05
     dense_negatives: str = "in_batch"  # in_batch (seed 000) | domain (every item of the row's domain)
-    dense_finetune_encoder_layers: int = 0  # > 0: also train the encoder's last layers (hours on CPU)
+    dense_finetune_encoder_layers: int = 0  # > 0: also train the encoder's last layers (~0.5 h/epoch on CPU)
     dense_item_max_tokens: int = 64  # fine-tuning only: item text budget in tokens
     dense_encoder: str = "embedded:all-minilm-l6-v2"  # title embeddings and fine-tuning
     dense_index: str = "exact"  # exact (IndexFlatIP) | ivf | hnsw

@@ -6,8 +6,8 @@ for the distinct items of each batch (history and target items); frozen layers b
 the trained layers keep activations for the backward pass. After training the whole catalogue is re-encoded.
 
 Cost on this CPU: every step runs the encoder over a few hundred item texts (batch 64 rows, item texts cut to 64
-tokens): ~2.5 s per step, ~20 min per epoch of the 29k test-protocol rows, plus ~1.5 min per catalogue encoding
-(benchmarks/dense_bench.py measures it). Off by default (``dense_finetune_encoder_layers: 0``).
+tokens): ~4 s per step, ~0.5 h per epoch of the 29k test-protocol rows, plus ~1.5 min per catalogue encoding and
+~2.6 GB peak RSS (benchmarks/dense_bench.py measures it). Off by default (``dense_finetune_encoder_layers: 0``).
 """
 
 from __future__ import annotations
