@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from data_builders.dataset import cache_root
+from sft import genrec_lm  # noqa: F401  (registers the genrec_llama model type with the Auto classes)
 
 log = logging.getLogger(__name__)
 
@@ -219,13 +220,40 @@ def build_sid_only_tokenizer(sid_tokens: list[str]):
 
 
 def build_scratch_lm(sid_tokens: list[str], spec: str = "scratch", hidden_size: int = 128, num_layers: int = 4,
-                     heads: int = 4, seed: int = 0):
+                     heads: int = 4, seed: int = 0, dropout: float = 0.0, item_text_dim: int = 0, n_items: int = 0,
+                     sid_levels: int = 0):
     """``(model, tokenizer)`` for the TIGER-style ``scratch`` base: a random decoder (``scratch`` / ``scratch:llama``
-    or ``scratch:qwen2``) over a SID-only vocabulary, trained from scratch in ``full`` mode."""
+    or ``scratch:qwen2``) over a SID-only vocabulary, trained from scratch in ``full`` mode.
+
+    ``dropout`` > 0 or ``item_text_dim`` > 0 (item text on input; then ``n_items`` and ``sid_levels`` too, and
+    fill the tables with ``model.set_item_text``) build :class:`sft.genrec_lm.GenRecLlamaForCausalLM` (llama only).
+    """
     if spec not in SCRATCH_SPECS:
         raise ValueError(f"unknown scratch spec {spec!r}; choose from {SCRATCH_SPECS}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"scratch dropout must be in [0, 1), got {dropout}")
     tok = build_sid_only_tokenizer(sid_tokens)
     arch = spec.partition(":")[2] or "llama"
-    model = _random_lm(tok, arch, hidden_size, num_layers, heads=heads, kv_heads=heads, seed=seed,
-                       intermediate_size=4 * hidden_size)
+    if dropout == 0 and item_text_dim == 0:
+        model = _random_lm(tok, arch, hidden_size, num_layers, heads=heads, kv_heads=heads, seed=seed,
+                           intermediate_size=4 * hidden_size)
+        return model.eval(), tok
+    if arch != "llama":
+        raise ValueError(f"scratch dropout / item text are built on llama; {spec!r} has neither (use `scratch`)")
+    from data_builders.prompts import SID_SEP
+    from sft.genrec_lm import GenRecLlamaConfig, GenRecLlamaForCausalLM
+
+    if hidden_size % heads:
+        raise ValueError(f"hidden_size {hidden_size} must be divisible by heads {heads}")
+    config = GenRecLlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=4 * hidden_size,
+        num_hidden_layers=num_layers, num_attention_heads=heads, num_key_value_heads=heads,
+        max_position_embeddings=512, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, tie_word_embeddings=True, genrec_dropout=dropout,
+        genrec_item_text_dim=item_text_dim, genrec_n_items=n_items, genrec_sid_levels=sid_levels,
+        genrec_sep_token_id=tok.convert_tokens_to_ids(SID_SEP),
+    )
+    torch.manual_seed(seed)
+    model = GenRecLlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tok.pad_token_id
     return model.eval(), tok

@@ -64,6 +64,10 @@ class ScriptArguments:
     scratch_hidden_size: int = field(default=128, metadata={"help": "model_name_or_path: scratch — hidden size"})
     scratch_layers: int = field(default=4, metadata={"help": "scratch — decoder layers"})
     scratch_heads: int = field(default=4, metadata={"help": "scratch — attention heads"})
+    scratch_dropout: float = field(default=0.0, metadata={"help": "scratch — dropout on embeddings and block outputs"})
+    item_text_embeddings: str = field(default="", metadata={"help": "scratch — an embeddings directory: add each "
+                                                                    "history item's projected text vector at its "
+                                                                    "<|sep|> ('' = off)"})
 
 
 def check_args(script: ScriptArguments, training: SFTConfig, model_args: ModelConfig) -> None:
@@ -86,6 +90,10 @@ def check_args(script: ScriptArguments, training: SFTConfig, model_args: ModelCo
         if words:
             raise ValueError(f"{model_args.model_name_or_path} has a SID-only vocabulary: set weight_{words[0]} "
                              "(and every task but seq_sid) to 0")
+    elif script.scratch_dropout or script.item_text_embeddings:
+        raise ValueError("scratch_dropout / item_text_embeddings apply to model_name_or_path: scratch only")
+    if not 0.0 <= script.scratch_dropout < 1.0:
+        raise ValueError(f"scratch_dropout must be in [0, 1), got {script.scratch_dropout}")
 
 
 def ensure_sid_vocabulary(model, tokenizer, artifact, init: str, dataset) -> dict:
@@ -95,6 +103,18 @@ def ensure_sid_vocabulary(model, tokenizer, artifact, init: str, dataset) -> dic
         return {"init": "from base checkpoint", "first_token_id": ids[0], "last_token_id": ids[-1],
                 "n_tokens": len(ids)}
     return extend_vocabulary(model, tokenizer, artifact, init=init, dataset=dataset)
+
+
+def load_item_text(path: str, dataset, artifact):
+    """Text vectors [N, d] in the artifact's item order, from an embeddings directory of the same dataset."""
+    from data_builders.embeddings import load_item_embeddings
+
+    emb, _ = load_item_embeddings(path, dataset=dataset)
+    row = {item["item_id"]: i for i, item in enumerate(dataset.items)}
+    missing = [i for i in artifact.item_ids if i not in row]
+    if missing:
+        raise ValueError(f"{path}: no text vector for SID item {missing[0]!r} ({len(missing)} missing)")
+    return emb[[row[i] for i in artifact.item_ids]]
 
 
 def build_datasets(script: ScriptArguments, dataset, artifact, tokenizer, seed: int):
@@ -117,9 +137,15 @@ def train(script: ScriptArguments, training: SFTConfig, model_args: ModelConfig)
     dataset = load_rec_dataset(script.dataset_dir)
     artifact = load_sid_artifact(script.sid_dir)
     if model_args.model_name_or_path in SCRATCH_SPECS:  # TIGER-style: SID-only vocabulary, random weights
+        text = load_item_text(script.item_text_embeddings, dataset, artifact) if script.item_text_embeddings else None
         model, tokenizer = build_scratch_lm(artifact.all_tokens(), model_args.model_name_or_path,
                                             script.scratch_hidden_size, script.scratch_layers, script.scratch_heads,
-                                            seed=training.seed)
+                                            seed=training.seed, dropout=script.scratch_dropout,
+                                            item_text_dim=0 if text is None else text.shape[1],
+                                            n_items=len(artifact.item_ids), sid_levels=artifact.levels)
+        if text is not None:
+            token_ids = [tokenizer.convert_tokens_to_ids(artifact.sid_tokens(i)) for i in artifact.item_ids]
+            model.set_item_text(token_ids, text)
     else:
         model, tokenizer = load_base(model_args.model_name_or_path, script.mode, script.num_layers,
                                      allow_download=script.allow_download)
