@@ -83,3 +83,61 @@ def build_examples(dataset, artifact, tokenizer, splits: Sequence[str] = ("train
         raise ValueError(f"no training examples: splits {list(splits)}, domains {domains}, weights {weights}")
     rng.shuffle(examples)
     return datasets.Dataset.from_list(examples)
+
+
+def packed_sequence_examples(rows: Iterable[Mapping], artifact, tokenizer, max_history: int = DEFAULT_MAX_HISTORY,
+                             seed: int = 0):
+    """``seq_sid`` for a SID-only tokenizer with every window of a user in one sequence: the same loss, fewer tokens.
+
+    A window (history h, target t) is the item sequence ``h[-max_history:] + [t]``; the training windows of a user
+    are mostly prefixes of each other (the rebuilt training windows are every prefix of one history). Each window is
+    assigned to one longer sequence of the same user that starts with it, and its target gets the loss there; a
+    sequence ``s_1 <|sep|> s_2 <|sep|> ... s_n <eos>`` then trains every assigned target with exactly the context
+    its own prompt would give (``s_1<|sep|>...s_{j-1}<|sep|>``, causal attention), once. Labels are the target's SID
+    tokens (and ``<eos>`` after the last one); separators and unassigned items carry no loss. So a pass over the
+    packed sequences is a pass over the windows at a fraction of the tokens (~1/3 on the embedded training split).
+
+    Returns a shuffled ``datasets.Dataset`` with ``input_ids`` and ``labels`` (TRL's pre-tokenised format) plus
+    ``windows`` (targets trained per sequence).
+    """
+    import datasets
+
+    from data_builders.prompts import SID_SEP, is_sid_only
+
+    if not is_sid_only(tokenizer):
+        raise ValueError("sequence packing needs a SID-only tokenizer (model_name_or_path: scratch): other prompts "
+                         "wrap the history in text, so one sequence cannot hold several prompts")
+    sep, eos = tokenizer.convert_tokens_to_ids(SID_SEP), tokenizer.eos_token_id
+    by_user: dict[tuple[str, str], list[tuple[str, ...]]] = {}
+    for row in rows:
+        seq = tuple(list(row["history"])[-max_history:]) + (row["target"],)
+        by_user.setdefault((row["domain"], row["user_id"]), []).append(seq)
+    token_cache: dict[str, list[int]] = {}
+
+    def tokens(item: str) -> list[int]:
+        if item not in token_cache:
+            token_cache[item] = tokenizer.convert_tokens_to_ids(artifact.sid_tokens(item))
+        return token_cache[item]
+
+    out = []
+    for key in sorted(by_user):
+        kept: list[tuple[tuple[str, ...], set[int]]] = []  # (sequence, positions whose target is trained)
+        for seq in sorted(by_user[key], key=len, reverse=True):
+            home = next((k for k in kept if k[0][:len(seq)] == seq), None)
+            if home is None:
+                kept.append((seq, {len(seq) - 1}))
+            else:
+                home[1].add(len(seq) - 1)  # duplicates of one window collapse here: trained once, like a set
+        for seq, positions in kept:
+            ids: list[int] = []
+            labels: list[int] = []
+            for j, item in enumerate(seq):
+                sid = tokens(item)
+                ids += sid
+                labels += sid if j in positions else [-100] * len(sid)
+                last = j == len(seq) - 1
+                ids.append(eos if last else sep)
+                labels.append(eos if last and j in positions else -100)
+            out.append({"input_ids": ids, "labels": labels, "windows": len(positions)})
+    random.Random(seed).shuffle(out)
+    return datasets.Dataset.from_list(out)

@@ -21,7 +21,7 @@ import torch
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 
 from data_builders.dataset import load_rec_dataset
-from data_builders.examples import build_examples
+from data_builders.examples import build_examples, packed_sequence_examples
 from decoding.catalogue import Catalogue
 from sft.callbacks import ConstrainedValidation, MetricsLog, TimeBudget, sample_rows
 from sft.modeling import (
@@ -65,6 +65,8 @@ class ScriptArguments:
     scratch_layers: int = field(default=4, metadata={"help": "scratch — decoder layers"})
     scratch_heads: int = field(default=4, metadata={"help": "scratch — attention heads"})
     scratch_dropout: float = field(default=0.0, metadata={"help": "scratch — dropout on embeddings and block outputs"})
+    sequence_packing: bool = field(default=False, metadata={"help": "scratch — every window of a user in one "
+                                                                    "sequence (same loss, ~1/3 of the tokens)"})
     item_text_embeddings: str = field(default="", metadata={"help": "scratch — an embeddings directory: add each "
                                                                     "history item's projected text vector at its "
                                                                     "<|sep|> ('' = off)"})
@@ -90,8 +92,9 @@ def check_args(script: ScriptArguments, training: SFTConfig, model_args: ModelCo
         if words:
             raise ValueError(f"{model_args.model_name_or_path} has a SID-only vocabulary: set weight_{words[0]} "
                              "(and every task but seq_sid) to 0")
-    elif script.scratch_dropout or script.item_text_embeddings:
-        raise ValueError("scratch_dropout / item_text_embeddings apply to model_name_or_path: scratch only")
+    elif script.scratch_dropout or script.item_text_embeddings or script.sequence_packing:
+        raise ValueError("scratch_dropout / item_text_embeddings / sequence_packing apply to model_name_or_path: "
+                         "scratch only")
     if not 0.0 <= script.scratch_dropout < 1.0:
         raise ValueError(f"scratch_dropout must be in [0, 1), got {script.scratch_dropout}")
 
@@ -120,14 +123,22 @@ def load_item_text(path: str, dataset, artifact):
 def build_datasets(script: ScriptArguments, dataset, artifact, tokenizer, seed: int):
     weights = {"seq_sid": script.weight_seq_sid, "title2sid": script.weight_title2sid,
                "sid2title": script.weight_sid2title, "seq_title": script.weight_seq_title}
-    train = build_examples(dataset, artifact, tokenizer, script.train_splits, weights, script.history_len,
-                           script.domains, seed)
+    if script.sequence_packing:
+        keep = set(script.domains) if script.domains else None
+        rows = [r for s in script.train_splits for r in dataset.splits[s] if keep is None or r["domain"] in keep]
+        train = packed_sequence_examples(rows, artifact, tokenizer, script.history_len, seed)
+        log.info("sequence packing: %d windows in %d sequences", sum(train["windows"]), len(train))
+        columns = ["input_ids", "labels"]
+    else:
+        train = build_examples(dataset, artifact, tokenizer, script.train_splits, weights, script.history_len,
+                               script.domains, seed)
+        columns = ["prompt", "completion"]
     if script.max_train_examples is not None:
         train = train.select(range(min(script.max_train_examples, len(train))))
     valid = build_examples(dataset, artifact, tokenizer, ["valid"], {"seq_sid": 1.0}, script.history_len,
                            script.domains, seed)
     valid = valid.select(range(min(script.eval_examples, len(valid))))
-    return train.select_columns(["prompt", "completion"]), valid.select_columns(["prompt", "completion"])
+    return train.select_columns(columns), valid.select_columns(["prompt", "completion"])
 
 
 def train(script: ScriptArguments, training: SFTConfig, model_args: ModelConfig) -> SFTTrainer:
@@ -152,8 +163,9 @@ def train(script: ScriptArguments, training: SFTConfig, model_args: ModelConfig)
     vocab = ensure_sid_vocabulary(model, tokenizer, artifact, script.sid_init, dataset)
     sid_ids = list(range(vocab["first_token_id"], vocab["last_token_id"] + 1))
     train_ds, valid_ds = build_datasets(script, dataset, artifact, tokenizer, training.seed)
-    log.info("%d training / %d validation examples; e.g. %r -> %r", len(train_ds), len(valid_ds),
-             train_ds[0]["prompt"][-160:], train_ds[0]["completion"])
+    first = (train_ds[0]["prompt"][-160:], train_ds[0]["completion"]) if "prompt" in train_ds.column_names else (
+        tokenizer.decode(train_ds[0]["input_ids"][-40:]), "(packed: labels on every assigned target)")
+    log.info("%d training / %d validation examples; e.g. %r -> %r", len(train_ds), len(valid_ds), *first)
 
     model = apply_mode(model, script.mode, sid_ids, lora_r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
                        lora_dropout=model_args.lora_dropout, lora_target_modules=model_args.lora_target_modules,

@@ -122,3 +122,50 @@ def test_item_text_options_are_refused_for_pretrained_bases(pipeline, tmp_path):
     with pytest.raises(ValueError, match="scratch only"):
         main(["--config", CONFIG, "--dataset_dir", str(pipeline[0]), "--sid_dir", str(pipeline[1]),
               "--output_dir", str(tmp_path / "x"), "--scratch_dropout", "0.2"])
+
+
+def test_packed_sequences_train_each_window_once_with_its_own_prompt(pipeline):
+    """Every window's target tokens (and the final EOS) are labelled exactly where TRL's prompt/completion example
+    puts them: same context tokens before, same label tokens; nothing else carries loss."""
+    from data_builders.examples import build_examples, packed_sequence_examples
+
+    dataset = load_rec_dataset(pipeline[0])
+    artifact = load_sid_artifact(pipeline[1])
+    _, tok = build_scratch_lm(artifact.all_tokens(), hidden_size=16, num_layers=1, heads=2)
+    rows = [r for s in ("train", "valid") for r in dataset.splits[s]]
+    packed = packed_sequence_examples(rows, artifact, tok, max_history=3)
+    plain = build_examples(dataset, artifact, tok, ["train", "valid"], {"seq_sid": 1.0}, 3)
+    windows = {(ex["prompt"], ex["completion"]) for ex in plain}
+    assert sum(packed["windows"]) == len(windows)
+    assert len(packed) < len(windows)  # the point: fewer sequences than windows
+    found = set()
+    sep = tok.convert_tokens_to_ids(SID_SEP)
+    for ids, labels in zip(packed["input_ids"], packed["labels"]):
+        assert len(ids) == len(labels)
+        j = 0
+        while j < len(ids):
+            if labels[j] == -100:
+                j += 1
+                continue
+            end = j
+            while end < len(ids) and labels[end] != -100 and ids[end] != sep:
+                end += 1
+            prompt = tok.decode(ids[:j])
+            completion = tok.decode([t for t in ids[j:end] if t != tok.eos_token_id])
+            assert (prompt, completion) in windows, (prompt, completion)
+            assert ids[j:end] == labels[j:end]
+            found.add((prompt, completion))
+            j = end
+    assert found == windows
+
+
+def test_packing_trains_and_is_refused_for_text_prompts(pipeline, tmp_path):
+    args = ["--config", CONFIG, "--dataset_dir", str(pipeline[0]), "--sid_dir", str(pipeline[1]),
+            "--output_dir", str(tmp_path / "p"), "--model_name_or_path", "scratch", "--mode", "full",
+            "--weight_title2sid", "0", "--scratch_hidden_size", "16", "--scratch_layers", "1", "--scratch_heads", "2",
+            "--sequence_packing", "true", "--max_steps", "2"]
+    trainer = main(args)
+    assert trainer.state.global_step == 2 and "labels" in trainer.train_dataset.column_names
+    with pytest.raises(ValueError, match="scratch only"):
+        main(["--config", CONFIG, "--dataset_dir", str(pipeline[0]), "--sid_dir", str(pipeline[1]),
+              "--output_dir", str(tmp_path / "q"), "--sequence_packing", "true"])
