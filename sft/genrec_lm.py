@@ -70,8 +70,10 @@ class GenRecLlamaForCausalLM(LlamaForCausalLM):
     def set_item_text(self, sid_token_ids: np.ndarray, text: np.ndarray) -> None:
         """sid_token_ids int [N, L] (each item's SID token ids), text float [N, D] (one row per item, same order).
 
-        Text vectors are standardised (mean 0, one global standard deviation) so the projection's default init gives
-        them a weight comparable to the token embeddings after the first RMSNorm.
+        Text vectors are centred and scaled to a global standard deviation of 1/sqrt(D) (norm ~1), so the
+        projection's default init gives them the scale of a freshly initialised token embedding (unit-variance
+        vectors made them ~7x larger than the trained token rows and slowed learning: valid NDCG@10 .024 vs .069
+        after 450 steps in one measured run).
         """
         ids = torch.as_tensor(np.asarray(sid_token_ids), dtype=torch.long)
         vec = torch.as_tensor(np.asarray(text), dtype=torch.float32)
@@ -81,7 +83,7 @@ class GenRecLlamaForCausalLM(LlamaForCausalLM):
                              f"({self.config.genrec_n_items} items, {self.config.genrec_sid_levels} levels, "
                              f"dim {self.config.genrec_item_text_dim})")
         vec = vec - vec.mean(0, keepdim=True)
-        vec = vec / vec.std().clamp(min=1e-8)
+        vec = vec / (vec.std().clamp(min=1e-8) * vec.shape[1] ** 0.5)
         keys = self._keys(ids)
         order = keys.argsort()
         if (keys[order][1:] == keys[order][:-1]).any():

@@ -57,7 +57,7 @@ def test_item_vectors_sit_exactly_at_the_separators_of_known_items(pipeline):
     assert nonzero == sep
     # the vector at a separator is the projection of that item's own (standardised) text
     centred = pipeline[3] - pipeline[3].mean(0)
-    std = centred / centred.std(ddof=1)  # one global (unbiased) standard deviation, as torch computes it
+    std = centred / (centred.std(ddof=1) * 8 ** 0.5)  # global (unbiased) std 1/sqrt(D): vectors of norm ~1
     k = load_rec_dataset(pipeline[0]).item_ids.index(b)
     expected = model.item_proj(torch.tensor(std[k], dtype=torch.float32))
     assert torch.allclose(vec[5], expected, atol=1e-5)
