@@ -158,6 +158,71 @@ def select(records: list[dict], weights: list[float], scorers: list[str]) -> dic
     return found
 
 
+FINAL_CONFIG = "configs/sft/scratch.yaml"  # the chosen recipe on train + valid (the demo's SFT step)
+EVAL_ALL = ART / "eval" / "metrics.json"  # configs/eval/amazon18.yaml: every baseline, all prior data
+EVAL_PUBLISHED = ART / "eval_published" / "metrics.json"  # the same with --train_splits train
+BASELINES = ("popularity", "sasrec", "sasrec_semantic", "stars", "bm25", "bi_encoder", "bi_encoder_title", "xpert",
+             "mini_xpert")
+
+
+def packed_sequences(splits: list[str]) -> int:
+    """How many packed sequences the training rows of ``splits`` make (steps per epoch = this / batch size)."""
+    from data_builders.dataset import load_rec_dataset
+    from data_builders.examples import packed_sequence_examples
+    from sft.models import build_scratch_lm
+    from tokenization.artifact import load_sid_artifact
+
+    dataset, artifact = load_rec_dataset(REPO / ART / "dataset"), load_sid_artifact(REPO / ART / "sids")
+    _, tok = build_scratch_lm(artifact.all_tokens())
+    return len(packed_sequence_examples([r for s in splits for r in dataset.splits[s]], artifact, tok))
+
+
+def final_steps(best_steps: list[int], select_batch: int, final_batch: int) -> int:
+    """The all-prior model trains for as many epochs as the chosen recipe's mean best valid step (on train)."""
+    epochs = sum(best_steps) / len(best_steps) * select_batch / packed_sequences(["train"])
+    return round(epochs * packed_sequences(["train", "valid"]) / final_batch)
+
+
+def protocols(chosen: dict) -> dict:
+    """Test rows under both protocols: the baselines' runs + the generative and hybrid rows (same rows)."""
+    import yaml
+
+    final = yaml.safe_load((REPO / FINAL_CONFIG).read_text())
+    record = next(r for r in summarise(load_records()) if r["recipe"] == chosen["recipe"])
+    select_batch = yaml.safe_load((REPO / SELECT_CONFIG).read_text())["per_device_train_batch_size"]
+    steps = final_steps(record["best_steps"], select_batch, final["per_device_train_batch_size"])
+    if final.get("max_steps") != steps:
+        raise ValueError(f"{FINAL_CONFIG}: max_steps {final.get('max_steps')}, but the chosen recipe's best valid "
+                         f"step gives {steps} on train + valid: update the config (it is what `make demo` trains)")
+    for path in (EVAL_ALL, EVAL_PUBLISHED):
+        if not (REPO / path).exists():
+            raise FileNotFoundError(f"{path} is missing: run `python -m eval.run --config configs/eval/amazon18.yaml"
+                                    f"{' --train_splits train --output_dir ' + str(path.parent) if path == EVAL_PUBLISHED else ''}`")
+    common = ["--generative_num_beams", str(chosen["num_beams"]), "--methods", "popularity", "generative",
+              "generative_rerank", "--rerank_scorer", chosen["rerank_scorer"], "--rerank_weights",
+              str(chosen["rerank_weight"]), "--include_methods", *BASELINES[1:]]
+    runs = {"all_prior": (ART / "sft_scratch", EVAL_ALL, ART / "eval_generative", ["train", "valid"]),
+            "published": (Path(chosen["checkpoint"]), EVAL_PUBLISHED, ART / "eval_generative_published", ["train"])}
+    out: dict = {}
+    for name, (ckpt, baselines, eval_dir, splits) in runs.items():
+        if not (REPO / ckpt / "genrec_sft.json").exists():
+            run([sys.executable, "sft/train.py", "--config", FINAL_CONFIG, "--output_dir", str(ckpt)],
+                REPO / f"{ckpt}.train.log")
+        if not (REPO / eval_dir / "metrics.json").exists():
+            run([sys.executable, "-m", "eval.run", "--config", "configs/eval/amazon18_generative.yaml",
+                 "--generative_checkpoint", str(ckpt), "--train_splits", *splits, "--include_metrics",
+                 str(baselines), "--output_dir", str(eval_dir), *common], REPO / f"{eval_dir}.log")
+        metrics = json.loads((REPO / eval_dir / "metrics.json").read_text())
+        assert metrics["split"] == "test" and metrics["train_splits"] == splits
+        out[name] = {m: {d: {k: round(v[k], 4) for k in ("hr@10", "ndcg@10", "hr@5", "ndcg@5", "coverage@10")
+                             if k in v} for d, v in by_domain.items()}
+                     for m, by_domain in metrics["methods"].items()}
+        out[name]["_rows"] = metrics["eval_rows"]
+    if out["all_prior"]["_rows"] != out["published"]["_rows"]:
+        raise ValueError("the two protocols scored different test rows")
+    return out
+
+
 def load_records() -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((REPO / WORK).glob("*_s*/quality_run.json"))]
 

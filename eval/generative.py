@@ -42,12 +42,22 @@ class GenerativeRecommender:
         self.catalogue = Catalogue.from_artifact(artifact, dataset)
 
     def recommend(self, queries: Sequence[Query], k: int) -> list[list[str]]:
+        return self.recommend_scored(queries, k)[0]
+
+    def recommend_scored(self, queries: Sequence[Query], k: int,
+                         num_beams: int | None = None) -> tuple[list[list[str]], list[np.ndarray]]:
+        """``(items, scores)``: per query up to ``k`` items, best first, and their log P(SID, EOS | prompt) (float64).
+
+        ``k`` is capped at the smallest domain of the batch; ``num_beams`` overrides the configured beam width.
+        """
         from decoding.recommend import recommend
 
         if self.model is None:
             raise RuntimeError("call fit() first: it loads the checkpoint")
         k = min(k, min(self.catalogue.domain_size(q.domain) for q in queries))
+        beams = self.num_beams if num_beams is None else num_beams
         recs = recommend(self.model, self.tokenizer, self.catalogue, [list(q.history) for q in queries], k=k,
-                         domains=[q.domain for q in queries], num_beams=self.num_beams, batch_size=self.batch_size,
+                         domains=[q.domain for q in queries], num_beams=beams, batch_size=self.batch_size,
                          max_history=self.history_len, show_progress=len(queries) > self.batch_size)
-        return [[item for item, _ in rec] for rec in recs]
+        return ([[item for item, _ in rec] for rec in recs],
+                [np.array([score for _, score in rec], dtype=np.float64) for rec in recs])

@@ -119,6 +119,25 @@ def top_k_from_scores(scores: np.ndarray, k: int, tie_order: np.ndarray) -> list
     return [cols[starts[b]:starts[b + 1]][:k] for b in range(len(scores))]
 
 
+def inner_product_scores(users: np.ndarray, items: np.ndarray, candidates: Sequence[Sequence[str]],
+                         index: dict[str, int], name: str) -> list[np.ndarray]:
+    """Per query b the scores ``users[b] · items[row(c)]`` (float64) of its candidate item ids c, in their order.
+
+    users: [B, d]; items: [N, d] (rows = ``index`` values). The score-based methods' ``score_items``: the same inner
+    product their ``recommend`` ranks by, for given items instead of a top-k. An unknown id is a ``KeyError``.
+    """
+    if len(candidates) != len(users):
+        raise ValueError(f"{name}: {len(candidates)} candidate lists for {len(users)} queries")
+    out = []
+    for b, items_b in enumerate(candidates):
+        unknown = [i for i in items_b if i not in index]
+        if unknown:
+            raise KeyError(f"{name}: candidate items {unknown[:5]} of query {b} are not in the catalogue")
+        rows = np.array([index[i] for i in items_b], dtype=np.int64)
+        out.append((items[rows] @ users[b]).astype(np.float64))
+    return out
+
+
 def apply_rule(lists: list[list[str]], queries: Sequence[Query], rule: CandidateRule,
                catalogue: Catalogue) -> list[list[str]]:
     """Drop the entries the candidate rule forbids (cross-domain, history) from each list, keeping order."""

@@ -88,6 +88,11 @@ class EvalArgs:
     generative_checkpoint: str = ""
     generative_num_beams: int = 0  # 0 = the checkpoint's default
     generative_batch_size: int = 16
+    # Generative candidates re-ranked (method `generative_rerank`, eval/hybrid.py): the top rerank_candidates items
+    # of the beam search, fused w * z(log-prob) + (1 - w) * z(scorer score); several weights = one row per weight.
+    rerank_scorer: str = "sasrec_semantic"  # sasrec | sasrec_semantic | stars | mini_xpert (their settings above)
+    rerank_candidates: int = 50
+    rerank_weights: list[float] = field(default_factory=lambda: [0.5])  # w in [0, 1]; w = 1: generative only
     # Dense retrieval (methods random, bm25, bi_encoder, bi_encoder_title, xpert, mini_xpert; eval/dense/).
     dense_text: str = "meta"  # item text of xpert / mini_xpert: meta (the embeddings artifact) | title
     dense_dim: int = 0  # the model's d; 0 = the item embeddings' d (set it to assert the artifact's dimension)
@@ -170,6 +175,38 @@ def build_generative(a: EvalArgs, rule: CandidateRule) -> list[Recommender]:
                                   batch_size=a.generative_batch_size)]
 
 
+# rerank_scorer -> the builder of that standalone method (same settings as its own row).
+RERANK_SCORERS: dict[str, Callable[[EvalArgs, CandidateRule], list[Recommender]]] = {
+    "sasrec": lambda a, rule: build_sasrec(a, rule, semantic=False),
+    "sasrec_semantic": lambda a, rule: build_sasrec(a, rule, semantic=True),
+    "stars": lambda a, rule: build_stars(a, rule),
+    "mini_xpert": lambda a, rule: build_dense(a, rule, "mini_xpert"),
+}
+
+
+def build_generative_rerank(a: EvalArgs, rule: CandidateRule) -> list[Recommender]:
+    from eval.hybrid import GenerativeRerankRecommender
+
+    (generative,) = build_generative(a, rule)
+    (scorer,) = RERANK_SCORERS[a.rerank_scorer](a, rule)  # a second instance when the method runs standalone too
+    return GenerativeRerankRecommender(generative, scorer, a.rerank_weights, a.rerank_candidates).rows()
+
+
+def check_rerank_args(a: EvalArgs) -> None:
+    from eval.hybrid import check_weights
+
+    if a.rerank_scorer not in RERANK_SCORERS:
+        raise ValueError(f"rerank_scorer={a.rerank_scorer!r} is unknown; choose from {sorted(RERANK_SCORERS)}")
+    if not a.generative_checkpoint:
+        raise ValueError("method `generative_rerank` needs generative_checkpoint (a directory written by "
+                         "sft/train.py)")
+    check_weights(a.rerank_weights)
+    kmax = max(a.ks, default=1)
+    if a.rerank_candidates < kmax:
+        raise ValueError(f"rerank_candidates={a.rerank_candidates} is smaller than max(ks)={kmax}: the re-ranked "
+                         "list could not fill the top K")
+
+
 def dense_config(a: EvalArgs, method: str):
     from eval.dense.index import IndexConfig
     from eval.dense.recommenders import DenseConfig
@@ -224,6 +261,7 @@ METHODS: dict[str, Callable[[EvalArgs, CandidateRule], list[Recommender]]] = {
     "stars": build_stars,
     "predictions": build_predictions,
     "generative": build_generative,
+    "generative_rerank": build_generative_rerank,
     **{m: (lambda a, rule, m=m: build_dense(a, rule, m))
        for m in ("random", "bm25", "bi_encoder", "bi_encoder_title", "xpert", "mini_xpert", "mini_xpert_sweep")},
 }
@@ -248,6 +286,10 @@ def check_args(a: EvalArgs) -> None:
                                  not a.dense_finetune_encoder_layers else set())
     if needs & set(a.methods) and not a.embeddings:
         raise ValueError(f"methods {sorted(needs & set(a.methods))} need `embeddings`")
+    if "generative_rerank" in a.methods:
+        check_rerank_args(a)
+        if a.rerank_scorer in needs and not a.embeddings:
+            raise ValueError(f"generative_rerank with rerank_scorer {a.rerank_scorer!r} needs `embeddings`")
 
 
 def evaluate_methods(a: EvalArgs, dataset, train_rows: list[dict], embeddings, rows: E.EvalRows,
@@ -274,7 +316,9 @@ def evaluate_methods(a: EvalArgs, dataset, train_rows: list[dict], embeddings, r
             out["methods"][rec.name] = scored["by_domain"]
             out["per_user"][rec.name] = scored["per_user"]
             out["slices"][rec.name] = scored["slices"]
-            out["latency_ms"][rec.name] = (None if precomputed else
+            shared = getattr(rec, "latency_of", None)  # a sweep row serves another row's decode: its latency
+            out["latency_ms"][rec.name] = (None if precomputed else out["latency_ms"][shared]
+                                           if shared in out["latency_ms"] else
                                            E.measure_latency(rec, rows, k_request, a.latency_rows, a.seed))
             out["training"][rec.name] = {**getattr(rec, "train_log", {}), "seconds": round(fit_seconds, 2),
                                          "recommend_seconds": round(seconds, 2)}

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eval.recommenders import CandidateRule, Catalogue, Query
+from eval.recommenders import CandidateRule, Catalogue, Query, inner_product_scores
 from eval.training import (PAD, DomainSoftmax, TrainSettings, encode_histories, recommend_from_vectors,
                            seed_everything, shifted_examples, train_loop, trim_padding)
 
@@ -230,8 +230,17 @@ class SASRecRecommender:
                  self.train_log["epoch_losses"][-1], self.train_log["seconds"])
 
     @torch.inference_mode()
-    def recommend(self, queries: Sequence[Query], k: int) -> list[list[str]]:
+    def vectors(self, queries: Sequence[Query]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(user [B, D] = the state after the newest item, items [N, D]); score_i = user · items_i."""
         tokens = encode_histories([q.history for q in queries], self.catalogue.index, self.cfg.max_len)
-        user = self.model(tokens)[:, -1]  # [B, D] state after the newest item
-        items = self.model.item_matrix()[1:]  # [N, D]
+        return self.model(tokens)[:, -1], self.model.item_matrix()[1:]
+
+    def recommend(self, queries: Sequence[Query], k: int) -> list[list[str]]:
+        user, items = self.vectors(queries)
         return recommend_from_vectors(user, items, None, queries, k, self.catalogue, self.rule)
+
+    def score_items(self, queries: Sequence[Query], candidates: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """Per query the score ``recommend`` ranks by (h_last · e_i) of each of its candidate item ids."""
+        user, items = self.vectors(queries)
+        return inner_product_scores(user.numpy(), items.detach().numpy(), candidates, self.catalogue.index,
+                                    self.name)

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from eval.recommenders import CandidateRule, Catalogue, Query, apply_rule, item_target_counts
+from eval.recommenders import (CandidateRule, Catalogue, Query, apply_rule, inner_product_scores,
+                               item_target_counts)
 from eval.sasrec import Block, SASRecConfig
 from eval.training import (PAD, DomainSoftmax, TrainSettings, encode_histories, seed_everything, train_loop,
                            trim_padding)
@@ -173,6 +174,7 @@ class STARSRecommender:
         items = self.item_vectors[1:]  # [N, D]
         prior = self.model.log_pop[:, None] if self.cfg.pop_prior else torch.zeros(len(items), 1)
         vectors = torch.cat([items, prior], dim=1).numpy().astype(np.float32)  # [N, D + 1]
+        self.search_vectors = vectors  # what the index holds (score_items reads them)
         index = faiss.IndexFlatIP(vectors.shape[1])
         index.add(vectors)
         return index
@@ -201,6 +203,11 @@ class STARSRecommender:
                     short.append(b)
             todo, fetch = short, min(len(ids), 4 * fetch)
         return out  # type: ignore[return-value]
+
+    def score_items(self, queries: Sequence[Query], candidates: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """Per query the score ``recommend`` ranks by ([h, −α] · [e_i, log p̃_i]) of each candidate item id."""
+        return inner_product_scores(self.user_vectors(queries), self.search_vectors, candidates,
+                                    self.catalogue.index, self.name)
 
     def tie_sorted(self, scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Order faiss hits by score, equal scores by the catalogue's tie order (faiss leaves ties unspecified)."""

@@ -29,7 +29,8 @@ from eval.dense.index import IndexConfig, ItemIndex
 from eval.dense.item_text import item_texts, item_vectors
 from eval.dense.towers import MorphTower, TowerConfig, seed_query
 from eval.dense.training import PAD, DenseTrainConfig, Examples, PeakRSS, train_tower
-from eval.recommenders import CandidateRule, Catalogue, Query, item_target_counts, top_k_from_scores
+from eval.recommenders import (CandidateRule, Catalogue, Query, inner_product_scores, item_target_counts,
+                               top_k_from_scores)
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,11 @@ class DenseRecommender:
 
     def recommend(self, queries: Sequence[Query], k: int) -> list[list[str]]:
         return self.index.search(queries, self.query_vectors(queries), k)
+
+    def score_items(self, queries: Sequence[Query], candidates: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """Per query the score the index ranks by (q · v_i) of each of its candidate item ids."""
+        return inner_product_scores(self.query_vectors(queries), self.item_vectors.numpy(), candidates,
+                                    self.catalogue.index, self.name)
 
     def _train(self, dataset: Any, train_rows: list[dict]) -> np.ndarray:
         """Train the tower (and the encoder's last layers when fine-tuning); return the final item vectors."""

@@ -1,0 +1,84 @@
+"""benchmarks/quality_bench.py: recipe and hybrid selection read valid rows only; both protocols share test rows."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from conftest import REPO
+
+spec = importlib.util.spec_from_file_location("quality_bench", REPO / "benchmarks" / "quality_bench.py")
+qb = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(qb)
+
+
+def fake_eval(path, split, methods):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "metrics.json").write_text(json.dumps({"split": split, "methods": {
+        m: {"all": {"hr@10": v, "ndcg@10": v / 2}, "D": {"hr@10": v, "ndcg@10": v / 2}} for m, v in methods.items()}}))
+
+
+@pytest.fixture
+def bench(tmp_path, monkeypatch):
+    """quality_bench rooted in tmp_path, with ``run`` replaced by a recorder that writes plausible outputs."""
+    monkeypatch.setattr(qb, "REPO", tmp_path)
+    commands: list[list[str]] = []
+    scores = {"base": .10, "text": .14}
+
+    def fake_run(cmd, log_path, threads=1):
+        commands.append(cmd)
+        out = tmp_path / cmd[cmd.index("--output_dir") + 1]
+        if cmd[1] == "sft/train.py":
+            recipe = out.name.rsplit("_s", 1)[0]
+            out.mkdir(parents=True)
+            curve = [{"step": 150 * i, "eval_hr@10": scores[recipe] * i / 3, "eval_ndcg@10": scores[recipe] * i / 6}
+                     for i in (1, 2, 3)]
+            (out / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in curve))
+        elif "generative_rerank" in cmd:
+            weights = cmd[cmd.index("--rerank_weights") + 1:cmd.index("--output_dir")]
+            fake_eval(out, "valid", {f"generative_rerank[w={w}]": .1 + float(w) * (1 - float(w)) for w in weights})
+        else:
+            beams = int(cmd[cmd.index("--generative_num_beams") + 1]) if "--generative_num_beams" in cmd else 10
+            seed = int(out.parent.name.rsplit("_s", 1)[1])
+            fake_eval(out, "valid", {"generative": scores[out.parent.name.rsplit("_s", 1)[0]] + seed / 100
+                                     + beams / 10000})
+        return 1.0
+
+    monkeypatch.setattr(qb, "run", fake_run)
+    monkeypatch.setattr(qb, "RECIPES", {"base": ("b", []), "text": ("t", ["--item_text_embeddings", "E"])})
+    return commands
+
+
+def test_selection_sees_only_train_and_valid(bench):
+    records = qb.recipes(["base", "text"], [0, 1], jobs=1)
+    chosen = qb.select(records, weights=[0.0, 0.5, 1.0], scorers=["sasrec_semantic"])
+    assert chosen["recipe"] == "text"  # best mean valid NDCG@10
+    assert chosen["rerank_weight"] == 0.5 and chosen["rerank_scorer"] == "sasrec_semantic"
+    assert chosen["num_beams"] == 50  # the fake rewards width slightly
+    configs = {REPO / c[c.index("--config") + 1] for c in bench}
+    import yaml
+
+    for cfg in configs:  # every config the selection ran trains on train only / scores valid
+        data = yaml.safe_load(cfg.read_text())
+        assert data.get("train_splits") == ["train"], cfg
+        assert data.get("split", "valid") == "valid", cfg
+    assert not any("test" in c for cmd in bench for c in cmd)
+    # a finished run is not repeated
+    n = len(bench)
+    qb.recipes(["base", "text"], [0, 1], jobs=1)
+    assert len(bench) == n
+
+
+def test_summary_reports_mean_and_seed_spread(bench):
+    records = qb.recipes(["base"], [0, 1], jobs=1)
+    (row,) = qb.summarise(records)
+    assert row["valid_ndcg@10_mean"] == pytest.approx((.05 + .055) / 2 + 10 / 20000, abs=1e-4)
+    assert row["valid_ndcg@10_spread"] == pytest.approx(.005, abs=1e-4)
+    assert row["best_steps"] == [450, 450]
+
+
+def test_no_runs_is_a_clear_error(bench):
+    with pytest.raises(ValueError, match="run --parts recipes first"):
+        qb.chosen_recipe([])
