@@ -45,6 +45,14 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "dropout": ("+ dropout 0.1 on embeddings and block outputs", ["--scratch_dropout", "0.1"]),
     "text": ("+ each history item's projected text vector at its separator", ["--item_text_embeddings", EMB]),
     "text_dropout": ("+ text vectors + dropout 0.1", ["--item_text_embeddings", EMB, "--scratch_dropout", "0.1"]),
+    "text_dropout_centroids": ("text + dropout, SID rows initialised from the RQ codebook centroids",
+                               ["--item_text_embeddings", EMB, "--scratch_dropout", "0.1", "--sid_init",
+                                "centroids"]),
+    "text_dropout_balanced": ("text + dropout on balanced RQ-KMeans SIDs (no hourglass)",
+                              ["--item_text_embeddings", EMB, "--scratch_dropout", "0.1", "--sid_dir",
+                               str(ART / "sids_balanced")]),
+    "text_dropout_wide": ("text + dropout 0.2, 4 x 256", ["--item_text_embeddings", EMB, "--scratch_dropout", "0.2",
+                                                          "--scratch_hidden_size", "256"]),
 }
 SEEDS = (0, 1)
 TEST_ROWS_NOTE = "test rows of both domains (9,399), HR@10 / NDCG@10, same rows under both protocols"
@@ -227,6 +235,30 @@ def load_records() -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((REPO / WORK).glob("*_s*/quality_run.json"))]
 
 
+LABELS = {"popularity": "popularity", "sasrec": "SASRec", "sasrec_semantic": "semantic SASRec", "stars": "STARS",
+          "bm25": "BM25", "bi_encoder": "bi-encoder (metadata)", "bi_encoder_title": "bi-encoder (title)",
+          "xpert": "XPERT", "mini_xpert": "Mini_XPERT", "generative": "**generative (SFT, trie beam search)**",
+          "generative_rerank": "**generative_rerank (hybrid)**"}
+
+
+def markdown(protocol_rows: dict, published: dict | None = None) -> str:
+    """One protocol's table (HR@10 / NDCG@10 / coverage@10 per domain), for the README."""
+    domains = sorted(d for d in next(v for k, v in protocol_rows.items() if not k.startswith("_")) if d != "all")
+    lines = ["| method | " + " | ".join(f"{d.split('_')[0]} HR@10 / NDCG@10 / cov@10" for d in domains) + " |",
+             "|---|" + "---|" * len(domains)]
+    for name, by_domain in protocol_rows.items():
+        if name.startswith("_"):
+            continue
+        cells = [f"{by_domain[d]['hr@10']:.4f} / {by_domain[d]['ndcg@10']:.4f} / {by_domain[d].get('coverage@10', 0):.3f}"
+                 .replace("0.", ".") for d in domains]
+        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
+    for model, by_domain in (published or {}).items():
+        cells = [f"{by_domain[d]['hr@10']:.4f} / {by_domain[d]['ndcg@10']:.4f} / –".replace("0.", ".")
+                 for d in domains]
+        lines.append(f"| {model} (published, ~36k/38k train rows) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parts", nargs="+", default=["recipes", "report"],
@@ -234,19 +266,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--jobs", type=int, default=2, help="training runs in parallel (one thread each)")
+    parser.add_argument("--weights", nargs="+", type=float, default=[0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0],
+                        help="hybrid fusion weights tried on valid")
+    parser.add_argument("--scorers", nargs="+", default=["sasrec_semantic", "stars", "mini_xpert"],
+                        help="hybrid scorers tried on valid")
     parser.add_argument("--out", default="benchmarks/results/quality.json")
     a = parser.parse_args(argv)
     t0 = time.perf_counter()
     if "recipes" in a.parts:
         recipes(a.recipes, a.seeds, a.jobs)
-    result = {"protocol_note": "recipes: trained on train windows only, selected and scored on valid; "
-                               + TEST_ROWS_NOTE, "recipes": summarise(load_records()), "runs": load_records()}
     out = REPO / a.out
-    out.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(out.read_text()) if out.exists() else {}
-    result = {**old, **result}
+    result = {**old, "protocol_note": "recipes: trained on train windows only, selected and scored on valid; "
+                                      + TEST_ROWS_NOTE, "recipes": summarise(load_records()), "runs": load_records()}
+    if "select" in a.parts:
+        result["chosen"] = select(load_records(), a.weights, a.scorers)
+    if "protocols" in a.parts:
+        result["protocols"] = protocols(result["chosen"])
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["recipes"], indent=1))
+    if "report" in a.parts and "protocols" in result:
+        from eval.published import published_table
+
+        pub = {m: v for m, v in published_table().items() if m in ("SASRec", "TIGER", "MiniOneRec")}
+        print("\nall prior data (train windows + valid rows):\n" + markdown(result["protocols"]["all_prior"]))
+        print("\npublished protocol (train windows only):\n" + markdown(result["protocols"]["published"], pub))
     print(f"wrote {out} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
 
 

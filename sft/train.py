@@ -41,7 +41,9 @@ class ScriptArguments:
     sid_dir: str = field(default="artifacts/amazon18/sids", metadata={"help": "tokenization.build output"})
     mode: str = field(default="lora", metadata={"help": f"one of {MODES}"})
     num_layers: int | None = field(default=None, metadata={"help": "keep only the first N decoder layers"})
-    sid_init: str = field(default="semantic", metadata={"help": "semantic | mean initialisation of SID rows"})
+    sid_init: str = field(default="auto", metadata={"help": "SID rows: semantic | mean (pretrained bases), random | "
+                                                           "centroids (scratch: the RQ codebooks); auto = semantic "
+                                                           "/ random"})
     train_splits: list[str] = field(default_factory=lambda: ["train"], metadata={"help": "dataset splits to train on"})
     domains: list[str] | None = field(default=None, metadata={"help": "train on these domains only"})
     history_len: int = field(default=10, metadata={"help": "last N history items in the prompt"})
@@ -61,6 +63,8 @@ class ScriptArguments:
     allow_download: bool = field(default=False, metadata={"help": "let a hub id be downloaded (off: offline)"})
     val_k: int = field(default=10, metadata={"help": "items recommended per validation row (<= catalogue size)"})
     val_beams: int | None = field(default=None, metadata={"help": "beam width for that validation (None = k)"})
+    early_stopping_patience: int = field(default=0, metadata={"help": "stop after this many evaluations without "
+                                                                     "a better metric_for_best_model (0 = off)"})
     scratch_hidden_size: int = field(default=128, metadata={"help": "model_name_or_path: scratch — hidden size"})
     scratch_layers: int = field(default=4, metadata={"help": "scratch — decoder layers"})
     scratch_heads: int = field(default=4, metadata={"help": "scratch — attention heads"})
@@ -81,6 +85,12 @@ def check_args(script: ScriptArguments, training: SFTConfig, model_args: ModelCo
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() and not training.use_cpu:
         # Without use_cpu the processes do not join one gloo group: each trains alone and nothing says so.
         raise ValueError("multi-process training on CPU needs `use_cpu: true` (and ddp_backend gloo)")
+    if script.early_stopping_patience < 0:
+        raise ValueError(f"early_stopping_patience must be >= 0, got {script.early_stopping_patience}")
+    if script.early_stopping_patience and not (training.load_best_model_at_end and training.metric_for_best_model
+                                               and training.eval_strategy != "no"):
+        raise ValueError("early_stopping_patience needs eval_strategy: steps, metric_for_best_model (e.g. ndcg@10) "
+                         "and load_best_model_at_end: true")
     if "test" in script.train_splits:
         raise ValueError("train_splits contains `test`: the test rows are what evaluation scores (use train, valid)")
     if not model_args.model_name_or_path:
@@ -95,6 +105,10 @@ def check_args(script: ScriptArguments, training: SFTConfig, model_args: ModelCo
     elif script.scratch_dropout or script.item_text_embeddings or script.sequence_packing:
         raise ValueError("scratch_dropout / item_text_embeddings / sequence_packing apply to model_name_or_path: "
                          "scratch only")
+    scratch = model_args.model_name_or_path in SCRATCH_SPECS
+    if script.sid_init not in (("auto", "random", "centroids") if scratch else ("auto", "semantic", "mean")):
+        raise ValueError(f"sid_init={script.sid_init!r}: choose semantic | mean (pretrained bases) or random | "
+                         "centroids (scratch)")
     if not 0.0 <= script.scratch_dropout < 1.0:
         raise ValueError(f"scratch_dropout must be in [0, 1), got {script.scratch_dropout}")
 
@@ -106,6 +120,32 @@ def ensure_sid_vocabulary(model, tokenizer, artifact, init: str, dataset) -> dic
         return {"init": "from base checkpoint", "first_token_id": ids[0], "last_token_id": ids[-1],
                 "n_tokens": len(ids)}
     return extend_vocabulary(model, tokenizer, artifact, init=init, dataset=dataset)
+
+
+def init_sid_rows_from_centroids(model, tokenizer, artifact) -> None:
+    """Scratch decoder: SID token rows = the RQ codebook centroids of their level and code, projected on the top
+    principal directions of all centroids and scaled to the model's init std, so codes close in the text space start
+    close (levels without centroids, e.g. the de-duplication level, keep their random rows)."""
+    import numpy as np
+
+    path = artifact.path / "codebooks" / "centroids.npy" if artifact.path else None
+    if path is None or not path.exists():
+        raise ValueError(f"sid_init: centroids needs RQ codebooks ({path} is missing; FSQ / external SIDs have none)")
+    cents = np.load(path)  # [L, K, d]
+    emb = model.get_input_embeddings().weight
+    hidden = emb.shape[1]
+    flat = cents.reshape(-1, cents.shape[-1])
+    flat = flat - flat.mean(0)
+    _, _, vt = np.linalg.svd(flat, full_matrices=False)
+    proj = flat @ vt[:hidden].T  # [L*K, <= hidden]
+    proj = proj / proj.std() * model.config.initializer_range
+    rows = np.zeros((flat.shape[0], hidden), dtype=np.float32)
+    rows[:, :proj.shape[1]] = proj
+    with torch.no_grad():
+        for level in range(min(cents.shape[0], artifact.levels)):
+            for code in range(min(cents.shape[1], artifact.codebook_sizes[level])):
+                token = tokenizer.convert_tokens_to_ids(f"<{chr(ord('a') + level)}_{code}>")
+                emb[token] = torch.from_numpy(rows[level * cents.shape[1] + code])
 
 
 def load_item_text(path: str, dataset, artifact):
@@ -157,10 +197,13 @@ def train(script: ScriptArguments, training: SFTConfig, model_args: ModelConfig)
         if text is not None:
             token_ids = [tokenizer.convert_tokens_to_ids(artifact.sid_tokens(i)) for i in artifact.item_ids]
             model.set_item_text(token_ids, text)
+        if script.sid_init == "centroids":
+            init_sid_rows_from_centroids(model, tokenizer, artifact)
     else:
         model, tokenizer = load_base(model_args.model_name_or_path, script.mode, script.num_layers,
                                      allow_download=script.allow_download)
-    vocab = ensure_sid_vocabulary(model, tokenizer, artifact, script.sid_init, dataset)
+    vocab = ensure_sid_vocabulary(model, tokenizer, artifact,
+                                  "semantic" if script.sid_init == "auto" else script.sid_init, dataset)
     sid_ids = list(range(vocab["first_token_id"], vocab["last_token_id"] + 1))
     train_ds, valid_ds = build_datasets(script, dataset, artifact, tokenizer, training.seed)
     first = (train_ds[0]["prompt"][-160:], train_ds[0]["completion"]) if "prompt" in train_ds.column_names else (
@@ -179,6 +222,10 @@ def train(script: ScriptArguments, training: SFTConfig, model_args: ModelConfig)
         catalogue = Catalogue.from_artifact(artifact, dataset)
         callbacks.append(ConstrainedValidation(tokenizer, catalogue, rows, k=script.val_k, num_beams=script.val_beams,
                                                history_len=script.history_len))
+    if script.early_stopping_patience:
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=script.early_stopping_patience))
     callbacks.append(MetricsLog(training.output_dir))  # after ConstrainedValidation: it logs what that adds
     if script.mode != "full" and script.train_sid_rows:
         callbacks.append(SidRowGuard(trainable_embedding_params(model), sid_ids).install())

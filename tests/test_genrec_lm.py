@@ -169,3 +169,46 @@ def test_packing_trains_and_is_refused_for_text_prompts(pipeline, tmp_path):
     with pytest.raises(ValueError, match="scratch only"):
         main(["--config", CONFIG, "--dataset_dir", str(pipeline[0]), "--sid_dir", str(pipeline[1]),
               "--output_dir", str(tmp_path / "q"), "--sequence_packing", "true"])
+
+
+def test_early_stopping_needs_a_validation_metric(pipeline, tmp_path):
+    with pytest.raises(ValueError, match="early_stopping_patience needs"):
+        main(["--config", CONFIG, "--dataset_dir", str(pipeline[0]), "--sid_dir", str(pipeline[1]),
+              "--output_dir", str(tmp_path / "e"), "--early_stopping_patience", "2"])
+
+
+def test_centroid_init_puts_codebook_geometry_into_the_sid_rows(tmp_path):
+    """sid_init: centroids — rows of close centroids are close; random init is not; bad combinations refused."""
+    from sft.train import init_sid_rows_from_centroids
+    from tokenization.artifact import write_sid_artifact
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(4, 16))
+    cents = np.stack([np.concatenate([base, base + 1e-3 * rng.normal(size=(4, 16))])])  # codes k and k+4 ~ equal
+    ids = [f"i{k}" for k in range(8)]
+    write_sid_artifact(tmp_path / "sids", ids, np.arange(8)[:, None], {"codebook_sizes": [8], "algorithm": "x"})
+    (tmp_path / "sids" / "codebooks").mkdir(exist_ok=True)
+    np.save(tmp_path / "sids" / "codebooks" / "centroids.npy", cents)
+    artifact = load_sid_artifact(tmp_path / "sids")
+    model, tok = build_scratch_lm(artifact.all_tokens(), hidden_size=8, num_layers=1, heads=2)
+    emb = model.get_input_embeddings().weight
+    row = lambda k: emb[tok.convert_tokens_to_ids(f"<a_{k}>")].detach().clone()  # noqa: E731
+    before = [torch.dist(row(k), row(k + 4)).item() for k in range(4)]
+    init_sid_rows_from_centroids(model, tok, artifact)
+    after = [torch.dist(row(k), row(k + 4)).item() for k in range(4)]
+    far = torch.dist(row(0), row(1)).item()
+    assert max(after) < 0.05 * far and min(before) > 0.2 * far
+    assert abs(torch.stack([row(k) for k in range(8)]).std().item() - model.config.initializer_range) < 0.01
+
+
+def test_sid_init_values_are_checked_per_base(pipeline, tmp_path):
+    args = ["--config", CONFIG, "--dataset_dir", str(pipeline[0]), "--sid_dir", str(pipeline[1]),
+            "--output_dir", str(tmp_path / "x")]
+    with pytest.raises(ValueError, match="sid_init='centroids'"):
+        main([*args, "--sid_init", "centroids"])  # the tiny LLM: semantic | mean
+    with pytest.raises(ValueError, match="sid_init='mean'"):
+        main([*args, "--model_name_or_path", "scratch", "--mode", "full", "--weight_title2sid", "0",
+              "--sid_init", "mean"])
+    with pytest.raises(ValueError, match="needs RQ codebooks"):  # the handmade tiny artifact has none
+        main([*args, "--model_name_or_path", "scratch", "--mode", "full", "--weight_title2sid", "0",
+              "--sid_init", "centroids", "--max_steps", "1"])
