@@ -42,17 +42,15 @@ VALID_EVAL = "configs/eval/amazon18_generative_valid.yaml"
 # name -> (what it tests, CLI overrides of configs/sft/scratch_valid.yaml)
 RECIPES: dict[str, tuple[str, list[str]]] = {
     "base": ("the scratch decoder as it was (4 x 128, no dropout, SIDs only), packed", []),
-    "dropout": ("+ dropout 0.1 on embeddings and block outputs", ["--scratch_dropout", "0.1"]),
     "text": ("+ each history item's projected text vector at its separator", ["--item_text_embeddings", EMB]),
-    "text_dropout": ("+ text vectors + dropout 0.1", ["--item_text_embeddings", EMB, "--scratch_dropout", "0.1"]),
-    "text_dropout_centroids": ("text + dropout, SID rows initialised from the RQ codebook centroids",
-                               ["--item_text_embeddings", EMB, "--scratch_dropout", "0.1", "--sid_init",
-                                "centroids"]),
-    "text_dropout_balanced": ("text + dropout on balanced RQ-KMeans SIDs (no hourglass)",
-                              ["--item_text_embeddings", EMB, "--scratch_dropout", "0.1", "--sid_dir",
-                               str(ART / "sids_balanced")]),
-    "text_dropout_wide": ("text + dropout 0.2, 4 x 256", ["--item_text_embeddings", EMB, "--scratch_dropout", "0.2",
-                                                          "--scratch_hidden_size", "256"]),
+    "dropout_0.2": ("+ dropout 0.2 on embeddings and block outputs", ["--scratch_dropout", "0.2"]),
+    "dropout_0.4": ("+ dropout 0.4", ["--scratch_dropout", "0.4"]),
+    "dropout_0.2_centroids": ("dropout 0.2, SID rows initialised from the RQ codebook centroids",
+                              ["--scratch_dropout", "0.2", "--sid_init", "centroids"]),
+    "dropout_0.2_balanced": ("dropout 0.2 on balanced RQ-KMeans SIDs (no hourglass)",
+                             ["--scratch_dropout", "0.2", "--sid_dir", str(ART / "sids_balanced")]),
+    "dropout_0.2_wide": ("dropout 0.2, 4 x 256", ["--scratch_dropout", "0.2", "--scratch_hidden_size", "256"]),
+    "dropout_0.2_text": ("dropout 0.2 + text vectors", ["--scratch_dropout", "0.2", "--item_text_embeddings", EMB]),
 }
 SEEDS = (0, 1)
 TEST_ROWS_NOTE = "test rows of both domains (9,399), HR@10 / NDCG@10, same rows under both protocols"

@@ -82,3 +82,11 @@ def test_summary_reports_mean_and_seed_spread(bench):
 def test_no_runs_is_a_clear_error(bench):
     with pytest.raises(ValueError, match="run --parts recipes first"):
         qb.chosen_recipe([])
+
+
+def test_final_model_trains_as_many_epochs_as_the_best_valid_step(monkeypatch):
+    sizes = {("train",): 5000, ("train", "valid"): 6500}
+    monkeypatch.setattr(qb, "packed_sequences", lambda splits: sizes[tuple(splits)])
+    # best at 900 and 1100 steps of 32 sequences on 5,000 -> 6.4 epochs -> 6.4 * 6,500 / 32 = 1,300 steps
+    assert qb.final_steps([900, 1100], select_batch=32, final_batch=32) == 1300
+    assert qb.final_steps([1000], select_batch=32, final_batch=64) == 650
