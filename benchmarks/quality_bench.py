@@ -229,6 +229,37 @@ def protocols(chosen: dict) -> dict:
     return out
 
 
+def rows_of(path: Path, split: str, splits: list[str]) -> dict:
+    """``{method: {domain: metrics}}`` of an eval.run metrics.json, checked to be ``split`` trained on ``splits``."""
+    metrics = json.loads((REPO / path).read_text())
+    if metrics["split"] != split or metrics["train_splits"] != splits:
+        raise ValueError(f"{path}: split {metrics['split']} on {metrics['train_splits']}, expected {split} on {splits}")
+    keys = ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "coverage@10")
+    return {m: {d: {k: round(v[k], 4) for k in keys if k in v} for d, v in by_domain.items()}
+            for m, by_domain in metrics["methods"].items()} | {"_rows": metrics["eval_rows"]}
+
+
+def assemble() -> dict:
+    """What is on disk, nothing rerun: baselines + generative (+ hybrid where evaluated) under both protocols, and
+    the hybrid's valid sweep."""
+    out: dict = {"protocols": {}}
+    for name, base, gen, splits in (("all_prior", EVAL_ALL, ART / "eval_generative" / "metrics.json",
+                                     ["train", "valid"]),
+                                    ("published", EVAL_PUBLISHED, ART / "eval_generative_published" / "metrics.json",
+                                     ["train"])):
+        rows = rows_of(base, "test", splits)
+        if (REPO / gen).exists():
+            extra = rows_of(gen, "test", splits)
+            if extra["_rows"] != rows["_rows"]:
+                raise ValueError(f"{gen} scored {extra['_rows']} rows, {base} {rows['_rows']}")
+            rows |= {m: v for m, v in extra.items() if m.startswith("generative")}
+        out["protocols"][name] = rows
+    sweeps = sorted((REPO / WORK).glob("*_s0/eval_valid_hybrid_*/metrics.json"))
+    out["hybrid_valid"] = {str(p.parent.relative_to(REPO / WORK)): rows_of(p.relative_to(REPO), "valid", ["train"])
+                           for p in sweeps}
+    return out
+
+
 def load_records() -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((REPO / WORK).glob("*_s*/quality_run.json"))]
 
@@ -260,7 +291,7 @@ def markdown(protocol_rows: dict, published: dict | None = None) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parts", nargs="+", default=["recipes", "report"],
-                        choices=["recipes", "select", "protocols", "report"])
+                        choices=["recipes", "select", "protocols", "assemble", "report"])
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--jobs", type=int, default=2, help="training runs in parallel (one thread each)")
@@ -281,6 +312,8 @@ def main(argv: list[str] | None = None) -> None:
         result["chosen"] = select(load_records(), a.weights, a.scorers)
     if "protocols" in a.parts:
         result["protocols"] = protocols(result["chosen"])
+    if "assemble" in a.parts:
+        result.update(assemble())
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["recipes"], indent=1))
