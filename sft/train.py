@@ -141,11 +141,13 @@ def init_sid_rows_from_centroids(model, tokenizer, artifact) -> None:
     proj = proj / proj.std() * model.config.initializer_range
     rows = np.zeros((flat.shape[0], hidden), dtype=np.float32)
     rows[:, :proj.shape[1]] = proj
+    from tokenization.sid_format import sid_token
+
+    pairs = [(level, code) for level in range(min(cents.shape[0], artifact.levels))
+             for code in range(min(cents.shape[1], artifact.codebook_sizes[level]))]
+    tokens = tokenizer.convert_tokens_to_ids([sid_token(level, code) for level, code in pairs])
     with torch.no_grad():
-        for level in range(min(cents.shape[0], artifact.levels)):
-            for code in range(min(cents.shape[1], artifact.codebook_sizes[level])):
-                token = tokenizer.convert_tokens_to_ids(f"<{chr(ord('a') + level)}_{code}>")
-                emb[token] = torch.from_numpy(rows[level * cents.shape[1] + code])
+        emb[torch.tensor(tokens)] = torch.from_numpy(rows[[level * cents.shape[1] + code for level, code in pairs]])
 
 
 def load_item_text(path: str, dataset, artifact):
