@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from data_builders.cli import parse_config, run_cli
 from data_builders.dataset import BuiltDataset, DataError, load_rec_dataset, write_rec_dataset
 
 SOURCES = ("minionerec", "lcrec", "amazon2018", "amazon2023")
@@ -101,30 +102,28 @@ def format_summary(dataset, emb_meta: dict | None, seconds: dict[str, float]) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trl import TrlParser
+    """Exit status: 0, or 2 with one ``error: <where>: <problem>`` line for a user error (data_builders/cli.py)."""
+    return run_cli(_main, argv)
 
+
+def _main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    (args,) = TrlParser((DataBuildArgs,)).parse_args_and_config(argv)
+    (args,) = parse_config((DataBuildArgs,), argv)
     seconds = {}
-    try:
-        t0 = time.perf_counter()
-        dataset = load_rec_dataset(build_dataset(args))
-        seconds["dataset"] = time.perf_counter() - t0
-        emb_meta = None
-        if not args.skip_embeddings:
-            from data_builders.embeddings import build_item_embeddings
+    t0 = time.perf_counter()
+    dataset = load_rec_dataset(build_dataset(args))
+    seconds["dataset"] = time.perf_counter() - t0
+    emb_meta = None
+    if not args.skip_embeddings:
+        from data_builders.embeddings import build_item_embeddings
 
-            t0 = time.perf_counter()
-            out = Path(args.output_dir) / "embeddings"
-            emb_meta = build_item_embeddings(dataset, out, args.encoder, args.text_max_tokens,
-                                             args.embed_batch_size, show_progress=args.show_progress)
-            emb_meta["path"] = str(out)
-            seconds["embeddings"] = time.perf_counter() - t0
-    except (ValueError, FileNotFoundError) as e:  # DataError is a ValueError; bad options raise ValueError
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        t0 = time.perf_counter()
+        out = Path(args.output_dir) / "embeddings"
+        emb_meta = build_item_embeddings(dataset, out, args.encoder, args.text_max_tokens,
+                                         args.embed_batch_size, show_progress=args.show_progress)
+        emb_meta["path"] = str(out)
+        seconds["embeddings"] = time.perf_counter() - t0
     print(format_summary(dataset, emb_meta, seconds))
-    return 0
 
 
 if __name__ == "__main__":

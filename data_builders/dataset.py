@@ -32,6 +32,8 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data_builders.cli import UserError, check_output_dir
+
 FORMAT = "genrec-dataset/1"
 SPLITS = ("train", "valid", "test")
 
@@ -59,7 +61,7 @@ ROW_SCHEMA = pa.schema(
 )
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad input data. The message names the file, the record (line / row / key) and the problem."""
 
 
@@ -165,6 +167,7 @@ class AtomicDir:
         self.tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
 
     def __enter__(self) -> Path:
+        check_output_dir(self.final)  # an existing *file* there is refused; stale temps of dead runs removed
         self.final.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir()
