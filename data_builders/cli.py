@@ -113,6 +113,15 @@ def parse_config(dataclass_types: tuple, argv: Sequence[str]) -> tuple:
         check(isinstance(loaded, dict), config_path, "must contain a YAML mapping of config keys")
     where = config_path or "command line"
     parser = TrlParser(dataclass_types)
+    config_keys = set(loaded) if config_path else set()
+
+    def error(message: str) -> None:  # argparse's own errors (bad type of a flag or config value): one line
+        m = re.search(r"argument --([\w-]+)", message)
+        key = m.group(1) if m else None
+        src = config_path if key in config_keys and f"--{key}" not in argv else "command line"
+        raise user_error(src, message)
+
+    parser.error = error
     try:
         parsed = parser.parse_args_and_config(argv)
     except ValueError as e:
