@@ -32,7 +32,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_builders.cli import UserError, check_output_dir
+from data_builders.cli import UserError, check_output_dir, read_json_file
 
 FORMAT = "genrec-dataset/1"
 SPLITS = ("train", "valid", "test")
@@ -286,8 +286,9 @@ def read_artifact_meta(path: str | os.PathLike, fmt: str, what: str, how: str) -
     meta_path = Path(path) / "meta.json"
     if not meta_path.exists():
         raise DataError(f"{path}: not {what} (no meta.json); build one with `{how}`")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("format") != fmt:
+    meta = read_json_file(meta_path, f"{what}'s meta.json")
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        meta = meta if isinstance(meta, dict) else {}
         raise DataError(f"{meta_path}: unsupported format {meta.get('format')!r}; expected {fmt!r}")
     return meta
 

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from data_builders.cli import UserError
 from eval import metrics as M
 from eval.recommenders import CandidateRule, Catalogue, Query, Recommender, apply_rule
 
@@ -86,7 +87,7 @@ def score_lists(lists: list[list[str]], rows: EvalRows, catalogue: Catalogue, ru
     Returns ``{"by_domain": {domain | "all": {...}}, "per_user": {...}, "slices": {...}}``.
     """
     valid = set(catalogue.item_ids)
-    kmax = max(ks)
+    kmax, kref = max(ks), reference_k(ks)
     raw_top = [M.dedup_first(items)[:kmax] for items in lists]
     filtered = apply_rule(lists, rows.queries, rule, catalogue)
     ranks = M.target_ranks(filtered, rows.targets)  # [R]
@@ -100,16 +101,23 @@ def score_lists(lists: list[list[str]], rows: EvalRows, catalogue: Catalogue, ru
             **M.ranking_metrics(ranks[sel], ks),
             "invalid_rate": M.invalid_rate([raw_top[i] for i in idx], valid, kmax),
             "duplicate_rate": M.duplicate_rate([lists[i] for i in idx]),
-            "coverage@10": M.coverage([filtered[i] for i in idx], dom_items, 10),
+            f"coverage@{kref}": M.coverage([filtered[i] for i in idx], dom_items, kref),
             "rows": int(sel.sum()),
         }
         sel_users = [users[i] for i in idx]
         per_user[dom] = {**M.ranking_metrics(ranks[sel], ks, users=sel_users), "users": len(set(sel_users))}
-    slice_out = {name: {"hr@10": float(M.hit_rate(ranks[m], 10).mean()) if m.any() else None,  # None: empty
-                        "ndcg@10": float(M.ndcg(ranks[m], 10).mean()) if m.any() else None,
+    slice_out = {name: {f"hr@{kref}": float(M.hit_rate(ranks[m], kref).mean()) if m.any() else None,  # None: empty
+                        f"ndcg@{kref}": float(M.ndcg(ranks[m], kref).mean()) if m.any() else None,
                         "rows": int(m.sum())}
                  for name, m in slices.items()}
     return {"by_domain": by_domain, "per_user": per_user, "slices": slice_out}
+
+
+def reference_k(ks: Sequence[int]) -> int:
+    """The K of the single-K views (coverage, slices, per-user table, logs): 10 when evaluated, else the largest
+    K below 10, else the smallest K."""
+    ks = sorted(set(ks))
+    return 10 if 10 in ks else max((k for k in ks if k < 10), default=ks[0])
 
 
 def request_size(ks: Sequence[int], rule: CandidateRule, max_history: int) -> int:
@@ -120,9 +128,9 @@ def request_size(ks: Sequence[int], rule: CandidateRule, max_history: int) -> in
 def check_ks(ks: Sequence[int], catalogue: Catalogue, rule: CandidateRule) -> None:
     """K must be positive and no larger than the smallest candidate catalogue (a domain's items)."""
     if not ks or min(ks) < 1:
-        raise ValueError(f"ks={list(ks)}: every K must be >= 1")
+        raise UserError(f"ks={list(ks)}: every K must be >= 1")
     sizes = ({d: int((catalogue.domain_ids == i).sum()) for i, d in enumerate(catalogue.domains)}
              if rule.same_domain else {"all": len(catalogue)})
     domain, smallest = min(sizes.items(), key=lambda kv: kv[1])
     if max(ks) > smallest:
-        raise ValueError(f"K={max(ks)} is larger than the catalogue ranked for {domain!r} ({smallest} items)")
+        raise UserError(f"ks: K={max(ks)} is larger than the catalogue ranked for {domain!r} ({smallest} items)")

@@ -24,7 +24,46 @@ _TABLE = {
 }
 
 
-def published_table() -> dict[str, dict[str, dict[str, float]]]:
-    """``{model: {domain: {"hr@3": ..., "ndcg@10": ...}}}`` for the two Amazon 2018 domains."""
-    return {model: {d: dict(zip(COLUMNS, values)) for d, values in zip(DOMAINS, per_domain)}
-            for model, per_domain in _TABLE.items()}
+# The published rows are for these exact test files (sha256 of the files MiniOneRec ships, as data/amazon18/ holds
+# them): another dataset, or other rows under the same domain name, gets no published rows.
+TEST_FILE_HASHES = {
+    "Industrial_and_Scientific": "973dd1db4fd549f3f2b40a0f039dbae157ebb92c716197cc246401e4e82c3a46",
+    "Office_Products": "c1967034e197a7837a8962f2556efaabc12eb5bb84e1fdc79cd0accbce71add5",
+}
+
+
+def source_parts(dataset_meta: dict) -> list[dict]:
+    """The importer records of a dataset's meta (one per domain for a merged dataset)."""
+    source = dataset_meta.get("source") or {}
+    return list(source.get("parts") or [source])
+
+
+def published_domains(dataset_meta: dict) -> list[str]:
+    """Domains of this dataset whose test rows are the published table's (same importer, same test file)."""
+    out = []
+    for part in source_parts(dataset_meta):
+        name, files = part.get("name"), part.get("files") or {}
+        if part.get("format") == "minionerec" and name in TEST_FILE_HASHES and \
+                TEST_FILE_HASHES[name] in files.values():
+            out.append(name)
+    return out
+
+
+def dataset_notes(dataset_meta: dict) -> list[str]:
+    """What the importer says about how the train split was made (e.g. rebuilt windows), one line per domain."""
+    notes = []
+    for part in source_parts(dataset_meta):
+        if part.get("train_split"):
+            notes.append(f"{part.get('name', 'dataset')}: train split {part['train_split']}"
+                         + (f" (history up to {part['max_history_train']} items)" if part.get("max_history_train")
+                            else ""))
+    return notes
+
+
+def published_table(dataset_meta: dict | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """``{model: {domain: {"hr@3": ..., "ndcg@10": ...}}}`` for the domains of ``dataset_meta`` that the table
+    applies to (see :func:`published_domains`; ``None``: both Amazon 2018 domains)."""
+    domains = DOMAINS if dataset_meta is None else tuple(published_domains(dataset_meta))
+    table = {model: {d: dict(zip(COLUMNS, values)) for d, values in zip(DOMAINS, per_domain) if d in domains}
+             for model, per_domain in _TABLE.items()}
+    return {m: v for m, v in table.items() if v}

@@ -16,7 +16,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from eval.published import COLUMNS, LABEL, SOURCE  # noqa: E402
+from data_builders.cli import UserError, read_json_file  # noqa: E402
+from eval.evaluate import reference_k  # noqa: E402
+from eval.published import LABEL, SOURCE  # noqa: E402
 
 FORMAT = "genrec-eval/1"
 
@@ -24,16 +26,15 @@ FORMAT = "genrec-eval/1"
 def load_metrics(path: str | Path, dataset_hash: str | None = None, split: str | None = None) -> dict[str, Any]:
     """Read a ``metrics.json``; with ``dataset_hash`` / ``split``, refuse one computed on other data."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"metrics file {path} does not exist")
-    metrics = json.loads(path.read_text(encoding="utf-8"))
-    if metrics.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an eval metrics file (format {metrics.get('format')!r}, expected {FORMAT!r})")
+    metrics = read_json_file(path, "metrics file")
+    if not isinstance(metrics, dict) or metrics.get("format") != FORMAT:
+        got = metrics.get("format") if isinstance(metrics, dict) else type(metrics).__name__
+        raise UserError(f"{path}: not an eval metrics file (format {got!r}, expected {FORMAT!r})")
     if dataset_hash is not None and metrics["dataset_hash"] != dataset_hash:
-        raise ValueError(f"{path}: computed on dataset {metrics['dataset_hash'][:12]} ({metrics['dataset']}), "
+        raise UserError(f"{path}: computed on dataset {metrics['dataset_hash'][:12]} ({metrics['dataset']}), "
                          f"not on this dataset {dataset_hash[:12]}; numbers from different data cannot share a table")
     if split is not None and metrics["split"] != split:
-        raise ValueError(f"{path}: computed on split {metrics['split']!r}, not {split!r}")
+        raise UserError(f"{path}: computed on split {metrics['split']!r}, not {split!r}")
     return metrics
 
 
@@ -59,9 +60,17 @@ def fmt(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}f}".lstrip("0") if abs(value) < 1 else f"{value:.{digits}f}"
 
 
+def report_columns(ks) -> list[str]:
+    """HR@K / NDCG@K columns for every evaluated K up to 10 (the published table's range), else the smallest K."""
+    ks = sorted(set(ks))
+    shown = [k for k in ks if k <= 10] or ks[:1]
+    return [f"{m}@{k}" for k in shown for m in ("hr", "ndcg")]
+
+
 def method_rows(metrics: dict, domain: str) -> list[str]:
     """One markdown row per evaluated method for ``domain`` ("all" = every row)."""
     lines = []
+    columns, kref = report_columns(metrics["ks"]), reference_k(metrics["ks"])
     for name in method_names(metrics):
         m = metrics["methods"][name].get(domain)
         if m is None:
@@ -69,22 +78,26 @@ def method_rows(metrics: dict, domain: str) -> list[str]:
         lat = metrics["latency_ms"].get(name) or {}
         latency = f"{lat['mean_ms']:.2f} / {lat['p50_ms']:.2f} / {lat['p95_ms']:.2f}" if lat else "–"
         train_s = (metrics["training"].get(name) or {}).get("seconds")
-        cells = [fmt(m.get(c)) for c in COLUMNS] + [fmt(m.get("coverage@10"), 3), fmt(m["invalid_rate"], 3),
+        cells = [fmt(m.get(c)) for c in columns] + [fmt(m.get(f"coverage@{kref}"), 3), fmt(m["invalid_rate"], 3),
                                                      latency, "–" if train_s is None else f"{train_s:.0f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 
 def published_rows(metrics: dict, domain: str) -> list[str]:
-    return [f"| {model} ({LABEL}) | " + " | ".join(fmt(v[c]) for c in COLUMNS) + " | – | – | – | – |"
+    """The published models' rows for ``domain`` (only where the dataset's meta says the table applies); a column
+    the table does not report (e.g. HR@1) shows "–"."""
+    columns = report_columns(metrics["ks"])
+    return [f"| {model} ({LABEL}) | " + " | ".join(fmt(v.get(c)) for c in columns) + " | – | – | – | – |"
             for model, by_domain in metrics.get("published", {}).items()
             for v in [by_domain.get(domain)] if v is not None]
 
 
 def results_table(metrics: dict, domain: str) -> str:
-    head = ("| method | " + " | ".join(c.upper() for c in COLUMNS)
-            + " | coverage@10 | invalid | latency ms/user (mean / p50 / p95) | train s |")
-    sep = "|" + "---|" * (len(COLUMNS) + 5)
+    columns = report_columns(metrics["ks"])
+    head = ("| method | " + " | ".join(c.upper() for c in columns)
+            + f" | coverage@{reference_k(metrics['ks'])} | invalid | latency ms/user (mean / p50 / p95) | train s |")
+    sep = "|" + "---|" * (len(columns) + 5)
     return "\n".join([head, sep, *method_rows(metrics, domain), *published_rows(metrics, domain)])
 
 
@@ -99,21 +112,22 @@ def protocol(train_splits) -> str:
 
 
 def per_user_table(metrics: dict) -> str:
-    lines = ["| method | domain | HR@10 per row | HR@10 per user | NDCG@10 per row | NDCG@10 per user | users |",
+    k = reference_k(metrics["ks"])
+    lines = [f"| method | domain | HR@{k} per row | HR@{k} per user | NDCG@{k} per row | NDCG@{k} per user | users |",
              "|---|---|---|---|---|---|---|"]
     for name in method_names(metrics):
         for dom in domain_names(metrics):
             m, u = metrics["methods"][name][dom], metrics["per_user"][name][dom]
-            lines.append(f"| {name} | {dom} | {fmt(m['hr@10'])} | {fmt(u['hr@10'])} | {fmt(m['ndcg@10'])} | "
-                         f"{fmt(u['ndcg@10'])} | {u['users']} |")
+            lines.append(f"| {name} | {dom} | {fmt(m[f'hr@{k}'])} | {fmt(u[f'hr@{k}'])} | {fmt(m[f'ndcg@{k}'])} | "
+                         f"{fmt(u[f'ndcg@{k}'])} | {u['users']} |")
     return "\n".join(lines)
 
 
 def slice_table(metrics: dict) -> str:
-    names, methods = slice_names(metrics), method_names(metrics)
+    names, methods, k = slice_names(metrics), method_names(metrics), reference_k(metrics["ks"])
     lines = ["| method | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
     for method in methods:
-        cells = [(metrics["slices"].get(method) or {}).get(n, {}).get("hr@10") for n in names]
+        cells = [(metrics["slices"].get(method) or {}).get(n, {}).get(f"hr@{k}") for n in names]
         lines.append(f"| {method} | " + " | ".join(fmt(c) for c in cells) + " |")
     if names:
         lines.append("| rows | " + " | ".join(str(metrics["slices"][methods[0]][n]["rows"]) for n in names) + " |")
@@ -129,14 +143,15 @@ def plot_hr_curves(metrics: dict, path: Path) -> None:
         for name in method_names(metrics):
             ax.plot(ks, [metrics["methods"][name][dom][f"hr@{k}"] for k in ks], marker="o", label=name)
         for model, by_domain in metrics.get("published", {}).items():
-            if dom in by_domain and model in ("SASRec", "TIGER", "MiniOneRec"):
+            if dom in by_domain and model in ("SASRec", "TIGER", "MiniOneRec") and all(k in ks for k in (3, 5, 10)):
                 ax.plot([3, 5, 10], [by_domain[dom][f"hr@{k}"] for k in (3, 5, 10)], linestyle="--",
                         marker="s", markerfacecolor="none", alpha=0.6, label=f"{model} (published)")
         ax.set(title=dom, xlabel="K", ylabel="HR@K", xticks=ks)
         ax.grid(alpha=0.3)
     handles = max((ax.get_legend_handles_labels() for ax in axes[0]), key=lambda hl: len(hl[1]))
     fig.legend(*handles, loc="lower center", ncol=min(len(handles[1]), 7), fontsize=8)
-    fig.suptitle(f"HR@K on {metrics['split']} rows (published: different training data)", fontsize=10)
+    fig.suptitle(f"HR@K on {metrics['split']} rows" + (" (published: different training data)"
+                                                        if metrics.get("published") else ""), fontsize=10)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -144,15 +159,15 @@ def plot_hr_curves(metrics: dict, path: Path) -> None:
 
 def plot_slices(metrics: dict, path: Path) -> None:
     """Grouped bars: HR@10 per slice (x) and method (colour)."""
-    methods, names = method_names(metrics), slice_names(metrics)
+    methods, names, k = method_names(metrics), slice_names(metrics), reference_k(metrics["ks"])
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(names)), 4))
     width = 0.8 / max(len(methods), 1)
     for j, method in enumerate(methods):
-        values = [(metrics["slices"].get(method) or {}).get(n, {}).get("hr@10") for n in names]
+        values = [(metrics["slices"].get(method) or {}).get(n, {}).get(f"hr@{k}") for n in names]
         values = [float("nan") if v is None else v for v in values]
         ax.bar([i + j * width for i in range(len(names))], values, width, label=method)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, rotation=20, ha="right", fontsize=8)
-    ax.set(ylabel="HR@10", title=f"HR@10 by slice ({metrics['split']} rows)")
+    ax.set(ylabel=f"HR@{k}", title=f"HR@{k} by slice ({metrics['split']} rows)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -160,19 +175,25 @@ def plot_slices(metrics: dict, path: Path) -> None:
 
 
 def setup_text(m: dict) -> str:
-    rule = m["rules"]
+    rule, kref = m["rules"], reference_k(m["ks"])
+    notes = m.get("dataset_notes")
+    if notes is None:  # metrics written before dataset notes were recorded: the embedded data's note
+        notes = ["the `train` split is the leak-free reconstruction of the training windows (the original "
+                 "train.csv is not public)"]
+    published = m.get("published")
     return "\n".join([
         f"- Dataset `{m['dataset']}` (hash `{m['dataset_hash'][:12]}`), evaluated split **{m['split']}** "
         f"({m['eval_rows']} rows{sample_note(m)}), full-catalogue ranking within the row's domain: {rule['same_domain']}.",
-        f"- **Protocol: {protocol(m['train_splits'])}** — splits {m['train_splits']} = {m['train_rows']} rows. "
-        "The `train` split is the leak-free reconstruction of the training windows (the original train.csv is not "
-        "public): the published models trained on ~36k/38k train rows, these on ~10k/9.5k (+ the valid rows under "
-        "all prior data).",
-        "- coverage@10: share of the domain's catalogue that appears in at least one top-10 list.",
+        f"- **Protocol: {protocol(m['train_splits'])}** — splits {m['train_splits']} = {m['train_rows']} rows.",
+        *[f"- Data: {n}." for n in notes],
+        *([f"- The published models trained on the original ~36k/38k train rows; these on {m['train_rows']} rows."]
+          if published else []),
+        f"- coverage@{kref}: share of the domain's catalogue that appears in at least one top-{kref} list.",
         f"- History items excluded from recommendations: {rule['exclude_history']} (same rule for every method).",
         f"- {rule['ranking']}",
         f"- Averaging: {rule['averaging']}. Latency: {rule['latency']}.",
-        f"- Published rows: {SOURCE}; labelled \"{LABEL}\".",
+        *([f"- Published rows: {SOURCE}; labelled \"{LABEL}\"."] if published else
+          ["- No published rows: the published table belongs to other data (see eval/published.py)."]),
     ])
 
 

@@ -18,9 +18,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from data_builders.cli import (UserError, check, check_choice, check_output_dir, check_range, check_seed, parse_config,
+                               require_dir, require_file, run_cli)
 from data_builders.dataset import SPLITS, library_versions, load_rec_dataset, write_json
 from eval import evaluate as E
-from eval.published import published_table
+from eval.published import dataset_notes, published_table
 from eval.recommenders import (CandidateRule, Catalogue, PopularityRecommender, PredictionsRecommender, Recommender,
                                item_target_counts)
 from eval.report import FORMAT, load_metrics, write_report
@@ -44,6 +46,7 @@ class EvalArgs:
     include_metrics: list[str] = field(default_factory=list)  # other runs' metrics.json (same dataset and rows)
     include_methods: list[str] = field(default_factory=list)  # only these methods of include_metrics ([] = all)
     ks: list[int] = field(default_factory=lambda: [1, 3, 5, 10, 20])
+    history_len: int = 0  # newest history items every sequence model sees; 0 = the dataset's max_history
     same_domain: bool = True  # rank within the row's domain, as the published per-domain models do
     exclude_history: bool = False  # never recommend an item already in the history
     seed: int = 0  # model seeds and the tie-break order
@@ -96,7 +99,7 @@ class EvalArgs:
     # Dense retrieval (methods random, bm25, bi_encoder, bi_encoder_title, xpert, mini_xpert; eval/dense/).
     dense_text: str = "meta"  # item text of xpert / mini_xpert: meta (the embeddings artifact) | title
     dense_dim: int = 0  # the model's d; 0 = the item embeddings' d (set it to assert the artifact's dimension)
-    dense_history_len: int = 10  # L: newest history items the query sees
+    dense_history_len: int = 0  # L: newest history items the dense query sees; 0 = history_len
     dense_query: str = "mean"  # bi-encoder query: mean | last history item vector
     dense_pooling: str = "lstm"  # mini_xpert h_u: lstm | mean
     dense_seed_vector: str = "last"  # mini_xpert v_seed: last | mean history item (xpert: always mean)
@@ -124,6 +127,11 @@ class EvalArgs:
     copy_metrics_to: str = ""  # also write metrics.json here (the main config: benchmarks/results/eval.json)
 
 
+def history_kw(a: EvalArgs) -> dict:
+    """``max_len`` for the sequence models: ``history_len`` once resolved (eval.run sets it from the dataset)."""
+    return {"max_len": a.history_len} if a.history_len else {}
+
+
 def sasrec_config(a: EvalArgs, semantic: bool):
     from eval.sasrec import SASRecConfig
 
@@ -131,7 +139,7 @@ def sasrec_config(a: EvalArgs, semantic: bool):
                        positions=a.sasrec_positions, norm=a.sasrec_norm, loss=a.sasrec_loss,
                        num_negatives=a.sasrec_negatives, loss_positions=a.sasrec_loss_positions,
                        epochs=a.sasrec_epochs, batch_size=a.sasrec_batch_size, lr=a.sasrec_lr,
-                       weight_decay=a.sasrec_weight_decay, seed=a.seed)
+                       weight_decay=a.sasrec_weight_decay, seed=a.seed, **history_kw(a))
     if semantic:
         cfg = SASRecConfig(**{**asdict(cfg), "init": "semantic", "positions": a.semantic_positions,
                               "norm": a.semantic_norm, "mlp": a.semantic_mlp,
@@ -152,7 +160,7 @@ def build_stars(a: EvalArgs, rule: CandidateRule) -> list[Recommender]:
     cfg = STARSConfig(dim=a.stars_dim, layers=a.stars_layers, heads=a.stars_heads, dropout=a.stars_dropout,
                       tags=a.stars_tags, user_token=a.stars_user_token, pop_prior=a.stars_pop_prior,
                       epochs=a.stars_epochs, batch_size=a.stars_batch_size, lr=a.stars_lr,
-                      weight_decay=a.stars_weight_decay, seed=a.seed)
+                      weight_decay=a.stars_weight_decay, seed=a.seed, **history_kw(a))
     return [STARSRecommender(cfg, rule, tie_seed=a.seed)]
 
 
@@ -195,16 +203,14 @@ def build_generative_rerank(a: EvalArgs, rule: CandidateRule) -> list[Recommende
 def check_rerank_args(a: EvalArgs) -> None:
     from eval.hybrid import check_weights
 
-    if a.rerank_scorer not in RERANK_SCORERS:
-        raise ValueError(f"rerank_scorer={a.rerank_scorer!r} is unknown; choose from {sorted(RERANK_SCORERS)}")
-    if not a.generative_checkpoint:
-        raise ValueError("method `generative_rerank` needs generative_checkpoint (a directory written by "
-                         "sft/train.py)")
-    check_weights(a.rerank_weights)
+    check_choice("rerank_scorer", a.rerank_scorer, sorted(RERANK_SCORERS))
+    try:
+        check_weights(a.rerank_weights)
+    except ValueError as e:
+        raise UserError(f"rerank_weights: {e}") from None
     kmax = max(a.ks, default=1)
-    if a.rerank_candidates < kmax:
-        raise ValueError(f"rerank_candidates={a.rerank_candidates} is smaller than max(ks)={kmax}: the re-ranked "
-                         "list could not fill the top K")
+    check(a.rerank_candidates >= kmax, "rerank_candidates", f"{a.rerank_candidates} is smaller than max(ks)={kmax}: "
+                                                            "the re-ranked list could not fill the top K")
 
 
 def dense_config(a: EvalArgs, method: str):
@@ -223,7 +229,7 @@ def dense_config(a: EvalArgs, method: str):
     index = IndexConfig(kind=a.dense_index, ivf_nlist=a.dense_ivf_nlist, ivf_nprobe=a.dense_ivf_nprobe,
                         hnsw_m=a.dense_hnsw_m, hnsw_ef_search=a.dense_hnsw_ef_search, seed=a.seed)
     text = {"bi_encoder": "meta", "bi_encoder_title": "title"}.get(method, a.dense_text)
-    return DenseConfig(text=text, history_len=a.dense_history_len, query=a.dense_query, dim=a.dense_dim, tower=tower,
+    return DenseConfig(text=text, history_len=a.dense_history_len or a.history_len or 10, query=a.dense_query, dim=a.dense_dim, tower=tower,
                        train=train, index=index, encoder=a.dense_encoder,
                        finetune_encoder_layers=a.dense_finetune_encoder_layers if tower else 0,
                        item_max_tokens=a.dense_item_max_tokens)
@@ -246,7 +252,7 @@ def sweep_args(a: EvalArgs) -> list[tuple[str, EvalArgs]]:
     """``(value, args with dense_<sweep> = value)`` for each value of the ablation sweep."""
     key = f"dense_{a.dense_sweep}"
     if not a.dense_sweep or not hasattr(a, key) or not a.dense_sweep_values:
-        raise ValueError(f"method mini_xpert_sweep needs dense_sweep (a dense_* setting, e.g. rank) and "
+        raise UserError(f"dense_sweep: method mini_xpert_sweep needs dense_sweep (a dense_* setting, e.g. rank) and "
                          f"dense_sweep_values; got dense_sweep={a.dense_sweep!r}, values {a.dense_sweep_values}")
     kind = type(getattr(a, key))
     cast = (lambda v: str(v).lower() in ("true", "1")) if kind is bool else kind  # noqa: E731
@@ -269,32 +275,81 @@ NEEDS_EMBEDDINGS = {"sasrec_semantic", "stars", "bi_encoder"}  # (xpert / mini_x
 
 
 def check_args(a: EvalArgs) -> None:
+    """Every constraint that can be checked before anything is fitted (a late failure would waste the run)."""
     unknown = [m for m in a.methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; choose from {sorted(METHODS)}")
+    check(not unknown, "methods", f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
+    check(a.methods, "methods", "is empty; name at least one method")
     for s in [a.split, *a.train_splits]:
-        if s not in SPLITS:
-            raise ValueError(f"unknown split {s!r}; expected one of {SPLITS}")
-    if a.split in a.train_splits:
-        raise ValueError(f"split {a.split!r} is both evaluated and trained on (train_splits={a.train_splits})")
+        check_choice("split" if s == a.split else "train_splits", s, SPLITS)
+    check(a.split not in a.train_splits, "train_splits",
+          f"split {a.split!r} is both evaluated and trained on (train_splits={a.train_splits})")
     later = SPLITS[SPLITS.index(a.split) + 1:]
-    if any(s in later for s in a.train_splits):
-        raise ValueError(f"train_splits={a.train_splits} contains rows after the evaluated split {a.split!r}")
-    if not a.train_splits:
-        raise ValueError("train_splits is empty")
+    check(not any(s in later for s in a.train_splits), "train_splits",
+          f"{a.train_splits} contains rows after the evaluated split {a.split!r}")
+    check(a.train_splits, "train_splits", "is empty")
+    check(a.ks, "ks", "is empty; give at least one K (e.g. [5, 10])")
+    check(all(k >= 1 for k in a.ks), "ks", f"every K must be >= 1, got {a.ks}")
+    check(len(set(a.ks)) == len(a.ks), "ks", f"has duplicates: {a.ks}")
+    check_range("max_rows", a.max_rows, 0)
+    check_range("history_len", a.history_len, 0)
+    check_range("dense_history_len", a.dense_history_len, 0)
+    for name in ("batch_size", "threads", "generative_batch_size", "sasrec_dim", "sasrec_layers", "sasrec_heads",
+                 "sasrec_epochs", "sasrec_batch_size", "stars_dim", "stars_layers", "stars_heads", "stars_epochs",
+                 "stars_batch_size", "dense_epochs", "dense_xpert_epochs", "dense_batch_size", "dense_rank",
+                 "dense_hidden", "dense_xpert_hidden"):
+        check_range(name, getattr(a, name), 1)
+    for name in ("latency_rows", "cold_max", "semantic_epochs", "semantic_freeze_epochs", "generative_num_beams"):
+        check_range(name, getattr(a, name), 0)
+    for name in ("sasrec_lr", "stars_lr", "dense_lr", "dense_tau"):
+        check_range(name, getattr(a, name), 0, lo_open=True)
+    for name in ("sasrec_dropout", "stars_dropout"):
+        check_range(name, getattr(a, name), 0, 1, hi_open=True)
+    check_range("head_share", a.head_share, 0, 1, lo_open=True, hi_open=True)
+    check_seed("seed", a.seed)
+    kmax = max(a.ks)
+    if a.generative_num_beams and {"generative", "generative_rerank"} & set(a.methods):
+        check(a.generative_num_beams >= kmax, "generative_num_beams",
+              f"{a.generative_num_beams} beams cannot fill a top-{kmax} list (max of ks); set it >= {kmax} or 0")
     needs = NEEDS_EMBEDDINGS | ({"xpert", "mini_xpert", "mini_xpert_sweep"} if a.dense_text == "meta" and
                                  not a.dense_finetune_encoder_layers else set())
-    if needs & set(a.methods) and not a.embeddings:
-        raise ValueError(f"methods {sorted(needs & set(a.methods))} need `embeddings`")
+    if needs & set(a.methods):
+        check(a.embeddings, "embeddings", f"methods {sorted(needs & set(a.methods))} need item embeddings (a "
+                                          "data_builders.build embeddings/ directory); none given")
+    if "mini_xpert_sweep" in a.methods:
+        sweep_args(a)
+    if "predictions" in a.methods:
+        names = [spec.rpartition("=")[0] or Path(spec).stem for spec in a.predictions_files]
+        check(len(set(names)) == len(names), "predictions_files", f"two files share a method name ({names}); "
+                                                                 "name them: name=path.jsonl")
+        check(a.predictions_files, "predictions_files", "method `predictions` needs predictions_files: "
+                                                        "[name=path.jsonl, ...]")
+    if {"generative", "generative_rerank"} & set(a.methods):
+        check(a.generative_checkpoint, "generative_checkpoint",
+              "methods generative / generative_rerank need a checkpoint directory written by sft/train.py")
     if "generative_rerank" in a.methods:
         check_rerank_args(a)
-        if a.rerank_scorer in needs and not a.embeddings:
-            raise ValueError(f"generative_rerank with rerank_scorer {a.rerank_scorer!r} needs `embeddings`")
+        if a.rerank_scorer in needs:
+            check(a.embeddings, "embeddings", f"generative_rerank with rerank_scorer {a.rerank_scorer!r} needs it")
+
+
+def check_inputs(a: EvalArgs) -> None:
+    """Every input path exists (before anything loads or fits); their contents are checked as they load."""
+    require_dir(a.dataset, "dataset", containing="meta.json")
+    if a.embeddings:
+        require_dir(a.embeddings, "embeddings", containing="meta.json")
+    if {"generative", "generative_rerank"} & set(a.methods):
+        require_dir(a.generative_checkpoint, "generative_checkpoint", containing="genrec_sft.json")
+    for spec in a.predictions_files if "predictions" in a.methods else []:
+        require_file(spec.rpartition("=")[2], "predictions file")
+    for path in a.include_metrics:
+        require_file(path, "include_metrics file")
+    check_output_dir(a.output_dir)
 
 
 def evaluate_methods(a: EvalArgs, dataset, train_rows: list[dict], embeddings, rows: E.EvalRows,
-                     rule: CandidateRule) -> dict:
-    """Fit, run, time and score every configured method. Returns the per-method parts of metrics.json."""
+                     rule: CandidateRule, on_method: Callable[[dict], None] | None = None) -> dict:
+    """Fit, run, time and score every configured method. Returns the per-method parts of metrics.json;
+    ``on_method(parts so far)`` is called after each method (eval.run saves them: a late failure loses nothing)."""
     catalogue = Catalogue.from_dataset(dataset, a.seed)
     E.check_ks(a.ks, catalogue, rule)
     k_request = E.request_size(a.ks, rule, max((len(q.history) for q in rows.queries), default=0))
@@ -322,8 +377,11 @@ def evaluate_methods(a: EvalArgs, dataset, train_rows: list[dict], embeddings, r
                                            E.measure_latency(rec, rows, k_request, a.latency_rows, a.seed))
             out["training"][rec.name] = {**getattr(rec, "train_log", {}), "seconds": round(fit_seconds, 2),
                                          "recommend_seconds": round(seconds, 2)}
-            log.info("%s: HR@10 %.4f NDCG@10 %.4f (fit %.0f s, recommend %.1f s)", rec.name,
-                     scored["by_domain"]["all"]["hr@10"], scored["by_domain"]["all"]["ndcg@10"], fit_seconds, seconds)
+            kref, top = E.reference_k(a.ks), scored["by_domain"]["all"]
+            log.info("%s: HR@%d %.4f NDCG@%d %.4f (fit %.0f s, recommend %.1f s)", rec.name, kref,
+                     top[f"hr@{kref}"], kref, top[f"ndcg@{kref}"], fit_seconds, seconds)
+            if on_method is not None:
+                on_method(out)
     return out
 
 
@@ -333,12 +391,12 @@ def merge_included(metrics: dict, paths: list[str], only: list[str] | None = Non
     for path in paths:
         other = load_metrics(path, metrics["dataset_hash"], metrics["split"])
         if row_sample(other) != row_sample(metrics):
-            raise ValueError(f"{path}: scored {row_sample(other)} (rows, max_rows, seed), this run "
+            raise UserError(f"{path}: scored {row_sample(other)} (rows, max_rows, seed), this run "
                              f"{row_sample(metrics)}; only metrics of the same rows can share a table")
         names = other.get("method_order") or list(other["methods"])
         missing = sorted(set(only or []) - set(names))
         if missing:
-            raise ValueError(f"{path}: has no methods {missing} (it has {names})")
+            raise UserError(f"{path}: has no methods {missing} (it has {names})")
         for name in [n for n in names if not only or n in only]:
             new = name if name not in metrics["methods"] else f"{name} ({path})"
             for part in ("methods", "per_user", "slices", "latency_ms", "training"):
@@ -356,8 +414,7 @@ def rules_text(a: EvalArgs) -> dict:
     return {
         "same_domain": a.same_domain, "exclude_history": a.exclude_history,
         "ranking": "Duplicates removed (first occurrence kept); ids outside the catalogue count as misses and keep "
-                   "their rank position; score ties broken by a fixed random item order (seeded), never in favour "
-                   "of the target's id; one target per row, rank ρ: HR@K = 1[ρ≤K], NDCG@K = 1[ρ≤K]/log2(ρ+1), "
+                   "their rank position; score ties broken by a fixed random item order (seeded); one target per row, rank ρ: HR@K = 1[ρ≤K], NDCG@K = 1[ρ≤K]/log2(ρ+1), "
                    "MRR@K = 1[ρ≤K]/ρ",
         "averaging": "per row (every evaluated row weighs the same, as in the published table); per-user "
                      "averages in `per_user`",
@@ -365,21 +422,42 @@ def rules_text(a: EvalArgs) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Run the evaluation; returns the metrics dict (also written to ``output_dir/metrics.json``)."""
-    from trl import TrlParser
+def main(argv: list[str] | None = None) -> int:
+    """The CLI: exit 0, or 2 with one ``error: <where>: <problem>`` line for a user error (data_builders/cli.py)."""
+    return run_cli(run_eval, argv)
 
+
+def resolve_history_len(a: EvalArgs, dataset) -> EvalArgs:
+    """``history_len: 0`` -> the dataset's ``max_history`` (what the importer kept), else the longest history."""
+    if a.history_len:
+        return a
+    configured = (dataset.meta.get("config") or {}).get("max_history")
+    if not configured:
+        configured = max((len(h) for s in dataset.splits.values() for h in s["history"]), default=1)
+    return replace(a, history_len=int(configured))
+
+
+def run_eval(argv: list[str] | None = None) -> dict:
+    """Run the evaluation; returns the metrics dict (also written to ``output_dir/metrics.json``).
+
+    Every check that does not need a fitted model runs first. While methods run, ``metrics.partial.json`` in
+    ``output_dir`` holds every finished method's metrics (a late failure loses nothing); it is removed when
+    ``metrics.json`` is written.
+    """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it reports every CPU-specific build it skips
     argv = list(sys.argv[1:] if argv is None else argv)
-    (a,) = TrlParser((EvalArgs,)).parse_args_and_config(args=argv)
+    (a,) = parse_config((EvalArgs,), argv)
     check_args(a)
+    check_inputs(a)
+    out = Path(a.output_dir)
     import faiss
     import torch
 
     torch.set_num_threads(a.threads)
     faiss.omp_set_num_threads(a.threads)
     dataset = load_rec_dataset(a.dataset)
+    a = resolve_history_len(a, dataset)
     embeddings = None
     if a.embeddings:
         from data_builders.embeddings import load_item_embeddings
@@ -388,23 +466,31 @@ def main(argv: list[str] | None = None) -> dict:
     train_rows = [r for s in a.train_splits for r in dataset.splits[s].to_list()]
     rows = E.EvalRows.from_split(dataset.splits[a.split], a.max_rows, a.seed)
     rule = CandidateRule(same_domain=a.same_domain, exclude_history=a.exclude_history)
-    log.info("%d %s rows; fitting on %s (%d rows); methods %s", len(rows.queries), a.split, a.train_splits,
-             len(train_rows), a.methods)
+    log.info("%d %s rows; fitting on %s (%d rows); methods %s; history_len %d", len(rows.queries), a.split,
+             a.train_splits, len(train_rows), a.methods, a.history_len)
 
-    metrics = {
+    head = {
         "format": FORMAT, "dataset": a.dataset, "dataset_hash": dataset.dataset_hash, "split": a.split,
-        "eval_rows": len(rows.queries), "split_rows": len(dataset.splits[a.split]), "train_splits": a.train_splits, "train_rows": len(train_rows),
-        "ks": a.ks, "rules": rules_text(a),
-        **evaluate_methods(a, dataset, train_rows, embeddings, rows, rule),
-        "published": published_table(),
+        "eval_rows": len(rows.queries), "split_rows": len(dataset.splits[a.split]), "train_splits": a.train_splits,
+        "train_rows": len(train_rows), "ks": a.ks, "rules": rules_text(a),
+        "published": published_table(dataset.meta), "dataset_notes": dataset_notes(dataset.meta),
         "command": "python -m eval.run " + shlex.join(argv), "seeds": {"seed": a.seed},
         "dataset_command": dataset.meta.get("command", ""),
         "config": asdict(a), "versions": library_versions(),
     }
+    empty = {part: {} for part in ("methods", "per_user", "slices", "latency_ms", "training")}
+    merge_included({**head, **empty, "method_order": []}, a.include_metrics, a.include_methods)  # refuse them now
+    partial = out / "metrics.partial.json"
+
+    def save_partial(parts: dict) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(partial, {**head, **parts, "partial": True})
+
+    metrics = {**head, **evaluate_methods(a, dataset, train_rows, embeddings, rows, rule, on_method=save_partial)}
     merge_included(metrics, a.include_metrics, a.include_methods)
-    out = Path(a.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", metrics)
+    partial.unlink(missing_ok=True)
     paths = write_report(metrics, out)
     if a.copy_metrics_to:
         Path(a.copy_metrics_to).parent.mkdir(parents=True, exist_ok=True)
@@ -413,6 +499,5 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"wrote {out / 'metrics.json'}, {paths['report']}, {paths['hr_curve'].name}, {paths['slices'].name}")
     return metrics
 
-
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -344,7 +344,7 @@ def tiny(tmp_path_factory):
 
 def test_every_dense_method_runs_through_the_eval_cli(tiny, tmp_path):
     dataset, embeddings = tiny
-    metrics = run.main(["--config", str(TINY_CONFIG), "--dataset", str(dataset), "--embeddings", str(embeddings),
+    metrics = run.run_eval(["--config", str(TINY_CONFIG), "--dataset", str(dataset), "--embeddings", str(embeddings),
                         "--output_dir", str(tmp_path), "--methods", "popularity", *DENSE, *SMALL])
     assert metrics["method_order"] == ["popularity", *DENSE]
     for name in DENSE:
@@ -394,14 +394,14 @@ def test_sweep_builds_one_recommender_per_value():
 def test_included_metrics_must_cover_the_same_rows(tiny, tmp_path):
     dataset, embeddings = tiny
     base = ["--config", str(TINY_CONFIG), "--dataset", str(dataset), "--embeddings", str(embeddings)]
-    run.main([*base, "--output_dir", str(tmp_path / "dense"), "--methods", "popularity", "bi_encoder", "random"])
-    merged = run.main([*base, "--output_dir", str(tmp_path / "m"), "--methods", "popularity",
+    run.run_eval([*base, "--output_dir", str(tmp_path / "dense"), "--methods", "popularity", "bi_encoder", "random"])
+    merged = run.run_eval([*base, "--output_dir", str(tmp_path / "m"), "--methods", "popularity",
                        "--include_metrics", str(tmp_path / "dense" / "metrics.json"), "--include_methods", "bi_encoder"])
     assert merged["method_order"] == ["popularity", "bi_encoder"]
     assert "| bi_encoder |" in (tmp_path / "m" / "report.md").read_text()
     with pytest.raises(ValueError, match=r"has no methods \['mini_xpert'\]"):
-        run.main([*base, "--output_dir", str(tmp_path / "x"), "--methods", "popularity",
+        run.run_eval([*base, "--output_dir", str(tmp_path / "x"), "--methods", "popularity",
                   "--include_metrics", str(tmp_path / "dense" / "metrics.json"), "--include_methods", "mini_xpert"])
     with pytest.raises(ValueError, match="only metrics of the same rows can share a table"):
-        run.main([*base, "--output_dir", str(tmp_path / "y"), "--methods", "popularity", "--max_rows", "10",
+        run.run_eval([*base, "--output_dir", str(tmp_path / "y"), "--methods", "popularity", "--max_rows", "10",
                   "--include_metrics", str(tmp_path / "dense" / "metrics.json")])

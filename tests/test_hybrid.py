@@ -254,20 +254,20 @@ def test_rerank_of_a_real_checkpoint_stays_among_its_candidates(pipeline):
 
 def cli(pipeline, out: Path, *extra: str) -> dict:
     dataset_dir, emb_dir, ckpt = pipeline
-    return run.main(["--config", str(TINY_EVAL), "--dataset", str(dataset_dir), "--embeddings", str(emb_dir),
+    return run.run_eval(["--config", str(TINY_EVAL), "--dataset", str(dataset_dir), "--embeddings", str(emb_dir),
                      "--output_dir", str(out), "--generative_checkpoint", str(ckpt), "--generative_num_beams", "12",
                      "--rerank_candidates", "12", "--latency_rows", "2", *extra])
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--rerank_scorer", "bm25"], "rerank_scorer='bm25' is unknown"),
+    (["--rerank_scorer", "bm25"], "`rerank_scorer`: 'bm25' is not one of"),
     (["--rerank_weights", "0.5", "1.5"], "outside \\[0, 1\\]"),
     (["--rerank_weights", "-0.1"], "outside \\[0, 1\\]"),
     (["--rerank_weights", "0.5", "0.5"], "repeat"),
-    (["--rerank_candidates", "5"], "rerank_candidates=5 is smaller than max\\(ks\\)=10"),
-    (["--generative_checkpoint", ""], "generative_rerank` needs generative_checkpoint"),
-    (["--embeddings", "", "--rerank_scorer", "stars"], "rerank_scorer 'stars' needs `embeddings`"),
-    (["--embeddings", ""], "rerank_scorer 'sasrec_semantic' needs `embeddings`"),  # the default scorer
+    (["--rerank_candidates", "5"], "rerank_candidates: 5 is smaller than max\\(ks\\)=10"),
+    (["--generative_checkpoint", ""], "generative_checkpoint: methods generative / generative_rerank need"),
+    (["--embeddings", "", "--rerank_scorer", "stars"], "embeddings: methods \\['stars'\\]|rerank_scorer 'stars' needs"),
+    (["--embeddings", ""], "rerank_scorer 'sasrec_semantic' needs it"),  # the default scorer
     ([], "FITTED"),  # control: a valid config gets as far as fitting
 ])
 def test_config_errors_come_before_any_fit(pipeline, tmp_path, monkeypatch, args, message):
