@@ -124,6 +124,8 @@ def parse_config(dataclass_types: tuple, argv: Sequence[str]) -> tuple:
     parser.error = error
     try:
         parsed = parser.parse_args_and_config(argv)
+    except UserError:
+        raise
     except ValueError as e:
         msg = str(e)
         m = re.search(r"Unknown arguments from config file: (\[.*?\])", msg)

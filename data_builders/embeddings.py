@@ -185,7 +185,9 @@ def load_item_embeddings(path: str | os.PathLike, dataset=None) -> tuple[np.ndar
     """``(embeddings [N, d] float32, meta)``; with ``dataset``, check it was built from that dataset."""
     path = Path(path)
     meta = read_artifact_meta(path, FORMAT, "an embeddings directory", "python -m data_builders.build")
-    emb = np.load(path / "embeddings.npy")
+    from data_builders.cli import load_npy
+
+    emb = load_npy(path / "embeddings.npy", "item embeddings")
     if emb.shape != (meta["n_items"], meta["dim"]):
         raise DataError(f"{path}/embeddings.npy: shape {emb.shape} does not match meta ({meta['n_items']}, {meta['dim']})")
     if dataset is not None and meta["dataset_hash"] != dataset.dataset_hash:

@@ -12,7 +12,8 @@ import pytest
 
 from data_builders.dataset import BuiltDataset, DataError, Item, Row, write_json, write_rec_dataset
 from tokenization.artifact import load_sid_artifact
-from tokenization.build import BuildArgs, main
+from tokenization.build import BuildArgs
+from tokenization.build import build as main
 from tokenization.inputs import check_embeddings, check_item_ids
 from tokenization.sid_format import parse_sid_string
 
@@ -177,7 +178,7 @@ def test_cli_rejects_bad_inputs(tiny, tmp_path):
     with pytest.raises(DataError, match="built from dataset"):
         main(["--config", str(TINY_CONFIG), "--dataset", str(dataset), "--embeddings", str(wrong),
               "--output_dir", str(tmp_path / "o")])
-    with pytest.raises(ValueError, match="method="):
+    with pytest.raises(ValueError, match="`method`: .vqvae. is not one of"):
         run(tiny, tmp_path / "o", "--method", "vqvae")
     assert not (tmp_path / "o").exists()
 

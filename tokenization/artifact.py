@@ -161,16 +161,40 @@ def write_sid_artifact(
     return meta
 
 
+# Files whose content hash in meta.json is checked on every load (cheap: a few MB at 1M items). quality.json and
+# the plot are reports, codebooks only matter to sid_init: centroids (checked there if they change).
+CHECKED_FILES = ("item_ids.json", "codes.npy", "index.json")
+
+
+def check_content_hashes(path: Path, meta: dict[str, Any], names: Sequence[str] = CHECKED_FILES) -> None:
+    """Refuse an artifact whose files no longer match the hashes recorded when it was written."""
+    recorded = meta.get("content_hashes") or {}
+    for name in names:
+        if name in recorded:
+            f = path / name
+            if not f.is_file():
+                raise DataError(f"{f}: missing (the SID artifact's meta.json lists it); rebuild with "
+                                "`python -m tokenization.build`")
+            if sha256_file(f) != recorded[name]:
+                raise DataError(f"{f}: content changed since the SID artifact was written (sha256 differs from "
+                                "meta.json content_hashes); rebuild it with `python -m tokenization.build`")
+
+
 def load_sid_artifact(path: str | os.PathLike) -> SidArtifact:
-    """Load a directory written by :func:`write_sid_artifact` (validated: every SID names exactly one item)."""
+    """Load a directory written by :func:`write_sid_artifact` (validated: files match their recorded hashes, every
+    SID names exactly one item)."""
+    from data_builders.cli import load_npy, read_json_file
+
     path = Path(path)
     meta = read_artifact_meta(path, FORMAT, "a SID artifact", "python -m tokenization.build")
-    item_ids = json.loads((path / "item_ids.json").read_text(encoding="utf-8"))
-    codes = np.load(path / "codes.npy")
-    if codes.shape[1] != meta["levels"]:
-        raise DataError(f"{path}: codes.npy has {codes.shape[1]} levels, meta.json says {meta['levels']}")
+    check_content_hashes(path, meta)
+    item_ids = read_json_file(path / "item_ids.json", "SID artifact item ids")
+    codes = load_npy(path / "codes.npy", "SID codes")
+    if codes.ndim != 2 or codes.shape[1] != meta["levels"] or len(codes) != len(item_ids):
+        raise DataError(f"{path}: codes.npy has shape {list(codes.shape)}, meta.json says {meta['levels']} levels "
+                        f"and item_ids.json {len(item_ids)} items")
     quality_path = path / "quality.json"
-    quality = json.loads(quality_path.read_text(encoding="utf-8")) if quality_path.exists() else None
+    quality = read_json_file(quality_path, "SID quality report") if quality_path.exists() else None
     return SidArtifact(item_ids=item_ids, codes=codes, meta=meta, path=path, quality=quality)
 
 

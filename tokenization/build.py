@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 
 import faiss
 
+from data_builders.cli import (check, check_choice, check_output_dir, check_range, check_seed, parse_config,
+                               read_json_file, require_dir, run_cli)
 from data_builders.dataset import library_versions
 from tokenization import methods
 from tokenization.artifact import write_sid_artifact
@@ -59,15 +61,51 @@ class BuildArgs:
     quality_pairs: int = 5000  # pairs sampled for neighbour consistency
 
 
+MAX_LEVELS = 8  # semantic levels: SIDs longer than this cost decoding steps without a measured gain
+MAX_CODEBOOK = 1 << 16  # tokens per level
+
+
 def check_args(args: BuildArgs) -> None:
-    choices = {"method": methods.METHODS, "collision": COLLISION_METHODS, "vocab_init": VOCAB_INITS}
-    for name, allowed in choices.items():
-        if getattr(args, name) not in allowed:
-            raise ValueError(f"{name}={getattr(args, name)!r}; choose from {allowed}")
-    if args.method != "external" and not args.embeddings:
-        raise ValueError(f"method={args.method} needs embeddings (a directory from data_builders.embeddings)")
-    if args.method == "external" and not args.external_index:
-        raise ValueError("method=external needs external_index (one or more index.json files)")
+    """Every setting checked before any input loads (ranges that would run for hours or crash faiss included)."""
+    check_choice("method", args.method, methods.METHODS)
+    check_choice("collision", args.collision, COLLISION_METHODS)
+    check_choice("vocab_init", args.vocab_init, VOCAB_INITS)
+    check(args.method == "external" or args.embeddings, "embeddings",
+          f"method={args.method} needs embeddings (a directory from data_builders.build)")
+    check(args.method != "external" or args.external_index, "external_index",
+          "method=external needs one or more index.json files")
+    check_seed("seed", args.seed)
+    check_range("levels", args.levels, 1, MAX_LEVELS)
+    check_range("codebook_size", args.codebook_size, 2, MAX_CODEBOOK)
+    check_range("kmeans_iters", args.kmeans_iters, 1, 10_000)
+    check_range("sample_size", args.sample_size, 0)
+    check_range("balance_iters", args.balance_iters, 0, 10_000)
+    check_range("sinkhorn_eps", args.sinkhorn_eps, 0, lo_open=True)
+    check_range("sinkhorn_iters", args.sinkhorn_iters, 1, 100_000)
+    check(args.fsq_levels and all(2 <= v <= 1024 for v in args.fsq_levels), "fsq_levels",
+          f"every entry must be in [2, 1024], got {args.fsq_levels}")
+    check_range("fsq_group_size", args.fsq_group_size, 1, len(args.fsq_levels) or 1)
+    check(len(args.fsq_levels) % args.fsq_group_size == 0, "fsq_group_size",
+          f"{args.fsq_group_size} must divide len(fsq_levels) = {len(args.fsq_levels)}")
+    check_range("fsq_hidden", args.fsq_hidden, 0)
+    check_range("fsq_epochs", args.fsq_epochs, 1)
+    check_range("fsq_batch_size", args.fsq_batch_size, 1)
+    check_range("fsq_lr", args.fsq_lr, 0, lo_open=True)
+    check_range("quality_top_k", args.quality_top_k, 1)
+    check_range("quality_pairs", args.quality_pairs, 0)
+    if args.external_id_prefixes:
+        check(len(args.external_id_prefixes) == len(args.external_index), "external_id_prefixes",
+              f"{len(args.external_id_prefixes)} prefixes for {len(args.external_index)} external_index files")
+
+
+def check_inputs(args: BuildArgs) -> None:
+    """Input directories and files exist (their contents are validated as they load); the output is not a file."""
+    require_dir(args.dataset, "dataset", containing="meta.json")
+    if args.embeddings:
+        require_dir(args.embeddings, "embeddings", containing="meta.json")
+    for f in args.external_index if args.method == "external" else []:
+        read_json_file(f, "external index")
+    check_output_dir(args.output_dir)
 
 
 def compute_codes(args: BuildArgs, inputs: BuildInputs) -> methods.QuantizedCodes:
@@ -111,14 +149,18 @@ def build_meta(args: BuildArgs, inputs: BuildInputs, q: methods.QuantizedCodes, 
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Run the build; returns the artifact's meta.json content."""
-    from trl import TrlParser
+def main(argv: list[str] | None = None) -> int:
+    """The CLI: exit 0, or 2 with one ``error: <where>: <problem>`` line for a user error (data_builders/cli.py)."""
+    return run_cli(build, argv)
 
+
+def build(argv: list[str] | None = None) -> dict:
+    """Run the build; returns the artifact's meta.json content."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
-    (args,) = TrlParser((BuildArgs,)).parse_args_and_config(args=argv)
+    (args,) = parse_config((BuildArgs,), argv)
     check_args(args)
+    check_inputs(args)
     min_items = args.codebook_size if args.method in ("rq_kmeans", "balanced_rq_kmeans") else 1
     inputs = load_build_inputs(args.dataset, args.embeddings or None, args.domains, min_items=min_items)
     log.info("%d items%s, method %s", len(inputs.item_ids),
@@ -141,4 +183,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
