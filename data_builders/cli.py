@@ -178,10 +178,13 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+LIBRARY_MODULES = {"transformers", "trl", "peft", "accelerate", "datasets"}
+
+
 def check_field_types(obj: Any, where: str = "config") -> None:
     """Refuse a dataclass field whose value is not of its declared type (only for our own annotated fields)."""
-    if not is_dataclass(obj):
-        return
+    if not is_dataclass(obj) or type(obj).__module__.split(".")[0] in LIBRARY_MODULES:
+        return  # library configs (TRL's SFTConfig, ...) convert their own fields after parsing and check them
     try:
         hints = typing.get_type_hints(type(obj))
     except Exception:  # a library dataclass whose annotations do not resolve here: nothing to check

@@ -79,6 +79,23 @@ class MetricsLog(TrainerCallback):
         self.path = Path(output_dir) / "metrics.jsonl"
         self.last: tuple[float, float] | None = None
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        """A resumed run keeps the records up to its checkpoint's step and rewrites the rest (they would otherwise
+        appear twice); a fresh run into an existing directory starts a new log."""
+        if not state.is_world_process_zero or not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill: dropped with what follows
+                break
+            if state.global_step and record.get("step", 0) <= state.global_step:
+                kept.append(line)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        tmp.replace(self.path)
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or logs is None:
             return
@@ -114,13 +131,14 @@ class TimeBudget(TrainerCallback):
 
     CLOCKS = ("wall", "cpu")
 
-    def __init__(self, minutes: float, clock: str = "wall"):
+    def __init__(self, minutes: float, clock: str = "wall", show_progress: bool = False):
         if clock not in self.CLOCKS:
             raise ValueError(f"time budget clock {clock!r}; choose from {self.CLOCKS}")
         if minutes <= 0:
             raise ValueError(f"time budget must be positive, got {minutes} minutes")
         self.seconds, self.clock = minutes * 60, clock
         self.start: float | None = None
+        self.show_progress, self.bar = show_progress, None
 
     def now(self) -> float:
         if self.clock == "wall":
@@ -129,8 +147,17 @@ class TimeBudget(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = self.now()
+        if self.show_progress and state.is_world_process_zero:
+            from tqdm.auto import tqdm
+
+            # The bar counts the budget, not the step total of num_train_epochs (which a budget cuts short).
+            self.bar = tqdm(total=round(self.seconds / 60, 2), unit="min", desc=f"SFT ({self.clock} time budget)",
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} min {postfix}")
 
     def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.n = round(min(self.now() - self.start, self.seconds) / 60, 2)
+            self.bar.set_postfix_str(f"step {state.global_step}/{state.max_steps}", refresh=True)
         if self.start is not None and self.now() - self.start >= self.seconds:
             log.info("time budget of %.1f %s minutes reached at step %d", self.seconds / 60, self.clock,
                      state.global_step)
@@ -138,3 +165,8 @@ class TimeBudget(TrainerCallback):
             control.should_evaluate = args.eval_strategy != "no"
             control.should_save = args.save_strategy != "no"
         return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

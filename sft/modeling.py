@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from tokenization.vocab import _is_tied
 from sft.models import EMBEDDED_LLMS, TINY_SPECS, ensure_embedded_checkpoint, load_causal_lm, truncate_layers
 
 log = logging.getLogger(__name__)
@@ -58,11 +59,6 @@ def load_base(spec: str, mode: str, num_layers: int | None = None, compute_dtype
     if num_layers is not None:
         truncate_layers(model, num_layers)
     return model, tok
-
-
-def _is_tied(model) -> bool:
-    out = model.get_output_embeddings()
-    return out is not None and out.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
 
 
 def lora_config(model, r: int, alpha: int, dropout: float, target_modules: list[str] | None,
@@ -154,36 +150,83 @@ def write_checkpoint_meta(out_dir: str | Path, meta: dict) -> None:
     write_json(Path(out_dir) / "genrec_sft.json", meta)
 
 
-def load_sft_checkpoint(path: str | Path):
+SID_ROWS_FILE = "sid_rows.safetensors"
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def save_sid_rows(model, sid_ids: list[int], out_dir: str | Path) -> None:
+    """The SID rows of the input embedding (and of an untied output head) as trained, beside a LoRA adapter.
+
+    peft saves them only when they train (``modules_to_save``); with ``train_sid_rows: false`` on a base without SID
+    rows they are the initialisation (semantic: not reproducible from the base alone), so they are always saved and
+    :func:`load_sft_checkpoint` puts them back: the reloaded model gives the trained model's logits in every mode.
+    """
+    from safetensors.torch import save_file
+
+    ids = torch.tensor(sid_ids)
+    rows = {"sid_ids": ids, "input": model.get_input_embeddings().weight.detach()[ids].float().cpu().contiguous()}
+    out = model.get_output_embeddings()
+    if out is not None and not _is_tied(model):
+        rows["output"] = out.weight.detach()[ids].float().cpu().contiguous()
+    save_file(rows, str(Path(out_dir) / SID_ROWS_FILE))
+
+
+def restore_sid_rows(model, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    rows = load_file(str(path / SID_ROWS_FILE))
+    ids = rows["sid_ids"]
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[ids] = rows["input"].to(emb.device, emb.dtype)
+        if "output" in rows:
+            head = model.get_output_embeddings().weight
+            head[ids] = rows["output"].to(head.device, head.dtype)
+
+
+def load_sft_checkpoint(path: str | Path, allow_download: bool = False):
     """``(model, tokenizer, artifact)`` from a directory written by ``sft/train.py``.
 
     The base model is rebuilt exactly as in training (same spec, layers, SID vocabulary from the same artifact),
-    then the LoRA adapter (or the full weights) is loaded on top, so the SID token ids match by construction.
+    then the LoRA adapter (or the full weights) is loaded on top, so the SID token ids match by construction; the
+    SID rows saved beside the adapter are put back. Everything is read locally (``allow_download`` lets a hub base
+    model id be fetched; the adapter always comes from ``path``).
     """
+    from data_builders.cli import read_json_file, require_dir
+    from data_builders.dataset import DataError
     from tokenization.artifact import load_sid_artifact
     from tokenization.vocab import check_sid_vocabulary, extend_vocabulary
 
-    path = Path(path)
+    path = require_dir(path, "SFT checkpoint")
     meta_path = path / "genrec_sft.json"
     if not meta_path.exists():
-        raise FileNotFoundError(f"{path}: not an SFT checkpoint (no genrec_sft.json)")
-    meta = json.loads(meta_path.read_text())
+        raise DataError(f"{path}: not an SFT checkpoint (no genrec_sft.json; sft/train.py writes one)")
+    meta = read_json_file(meta_path, "SFT checkpoint meta")
     artifact = load_sid_artifact(meta["sid_dir"])
     if sid_artifact_hash(artifact) != meta["sid_hash"]:
-        raise ValueError(f"{path}: trained with SID artifact {meta['sid_hash'][:12]}, but {meta['sid_dir']} now "
-                         f"holds {sid_artifact_hash(artifact)[:12]}; use the artifact the model was trained with")
+        raise DataError(f"{path}: trained with SID artifact {meta['sid_hash'][:12]}, but {meta['sid_dir']} now "
+                        f"holds {sid_artifact_hash(artifact)[:12]}; use the artifact the model was trained with")
     if meta["mode"] in ("full", "new_tokens"):  # saved as a whole model with the SID vocabulary inside
         model, tok = load_causal_lm(str(path))
         check_sid_vocabulary(tok, artifact, model)
         return model, tok, artifact
     from peft import PeftModel
 
-    base, tok = load_base(meta["model"], meta["mode"], meta["num_layers"])
+    if not (path / "adapter_config.json").is_file() or not any((path / f).is_file() for f in ADAPTER_FILES):
+        missing = "adapter_config.json" if not (path / "adapter_config.json").is_file() else ADAPTER_FILES[0]
+        raise DataError(f"{path}: a {meta['mode']} checkpoint without its adapter ({missing} missing); the training "
+                        "run did not finish saving, or files were removed")
+    base, tok = load_base(meta["model"], meta["mode"], meta["num_layers"], allow_download=allow_download)
     if artifact.all_tokens()[0] in tok.get_vocab():  # a merged base that already carries the SID rows
         check_sid_vocabulary(tok, artifact, base)
     else:
-        extend_vocabulary(base, tok, artifact, init="mean")  # the SID rows are then replaced by the adapter's copy
-    model = PeftModel.from_pretrained(base, path, is_trainable=False)
+        extend_vocabulary(base, tok, artifact, init="mean")  # placeholders: the saved SID rows replace them
+    model = PeftModel.from_pretrained(base, str(path), is_trainable=False, local_files_only=True)
+    if (path / SID_ROWS_FILE).is_file():
+        restore_sid_rows(model, path)
+    elif not meta.get("config", {}).get("script", {}).get("train_sid_rows", True):
+        raise DataError(f"{path}: trained with frozen SID rows but has no {SID_ROWS_FILE} (written by an older "
+                        "version); its SID rows cannot be restored — retrain it")
     return model.eval(), tok, artifact
 
 

@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
@@ -25,10 +26,13 @@ from data_builders.examples import build_examples, packed_sequence_examples
 from decoding.catalogue import Catalogue
 from sft.callbacks import ConstrainedValidation, MetricsLog, TimeBudget, sample_rows
 from sft.modeling import (
-    MODES, SidRowGuard, apply_mode, count_parameters, load_base, sid_artifact_hash, trainable_embedding_params,
+    MODES, SidRowGuard, apply_mode, count_parameters, load_base, save_sid_rows, sid_artifact_hash,
+    trainable_embedding_params,
     write_checkpoint_meta,
 )
-from sft.models import SCRATCH_SPECS, build_scratch_lm
+from data_builders.cli import (UserError, check, check_choice, check_output_dir, check_range, check_seed, load_npy,
+                               parse_config, require_dir, run_cli)
+from sft.models import SCRATCH_SPECS, TINY_SPECS, build_scratch_lm
 from tokenization.artifact import load_sid_artifact
 from tokenization.vocab import check_sid_vocabulary, extend_vocabulary
 
@@ -63,6 +67,9 @@ class ScriptArguments:
     allow_download: bool = field(default=False, metadata={"help": "let a hub id be downloaded (off: offline)"})
     val_k: int = field(default=10, metadata={"help": "items recommended per validation row (<= catalogue size)"})
     val_beams: int | None = field(default=None, metadata={"help": "beam width for that validation (None = k)"})
+    resume_fresh_optimizer: bool = field(default=False, metadata={"help": "resume from a checkpoint that has no "
+                                                                          "optimizer.pt (a fresh optimizer: the "
+                                                                          "run will not match an unbroken one)"})
     early_stopping_patience: int = field(default=0, metadata={"help": "stop after this many evaluations without "
                                                                      "a better metric_for_best_model (0 = off)"})
     scratch_hidden_size: int = field(default=128, metadata={"help": "model_name_or_path: scratch — hidden size"})
@@ -79,38 +86,115 @@ class ScriptArguments:
 def check_args(script: ScriptArguments, training: SFTConfig, model_args: ModelConfig) -> None:
     """Clear errors before anything loads."""
     if script.mode not in MODES:
-        raise ValueError(f"mode={script.mode!r}; choose from {MODES}")
+        raise UserError(f"mode={script.mode!r}; choose from {MODES}")
     if model_args.use_peft or model_args.load_in_4bit or model_args.load_in_8bit:
-        raise ValueError("set `mode: lora | qlora` instead of use_peft / load_in_4bit / load_in_8bit")
+        raise UserError("set `mode: lora | qlora` instead of use_peft / load_in_4bit / load_in_8bit")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() and not training.use_cpu:
         # Without use_cpu the processes do not join one gloo group: each trains alone and nothing says so.
-        raise ValueError("multi-process training on CPU needs `use_cpu: true` (and ddp_backend gloo)")
+        raise UserError("multi-process training on CPU needs `use_cpu: true` (and ddp_backend gloo)")
     if script.early_stopping_patience < 0:
-        raise ValueError(f"early_stopping_patience must be >= 0, got {script.early_stopping_patience}")
+        raise UserError(f"early_stopping_patience must be >= 0, got {script.early_stopping_patience}")
     if script.early_stopping_patience and not (training.load_best_model_at_end and training.metric_for_best_model
                                                and training.eval_strategy != "no"):
-        raise ValueError("early_stopping_patience needs eval_strategy: steps, metric_for_best_model (e.g. ndcg@10) "
+        raise UserError("early_stopping_patience needs eval_strategy: steps, metric_for_best_model (e.g. ndcg@10) "
                          "and load_best_model_at_end: true")
     if "test" in script.train_splits:
-        raise ValueError("train_splits contains `test`: the test rows are what evaluation scores (use train, valid)")
+        raise UserError("train_splits contains `test`: the test rows are what evaluation scores (use train, valid)")
     if not model_args.model_name_or_path:
-        raise ValueError("model_name_or_path is required (e.g. embedded:smollm2-135m, tiny, scratch, or an HF path)")
+        raise UserError("model_name_or_path is required (e.g. embedded:smollm2-135m, tiny, scratch, or an HF path)")
     if model_args.model_name_or_path in SCRATCH_SPECS:
         if script.mode != "full":
-            raise ValueError(f"{model_args.model_name_or_path} starts from random weights: use `mode: full`")
+            raise UserError(f"{model_args.model_name_or_path} starts from random weights: use `mode: full`")
         words = [t for t in ("title2sid", "sid2title", "seq_title") if getattr(script, f"weight_{t}") > 0]
         if words:
-            raise ValueError(f"{model_args.model_name_or_path} has a SID-only vocabulary: set weight_{words[0]} "
+            raise UserError(f"{model_args.model_name_or_path} has a SID-only vocabulary: set weight_{words[0]} "
                              "(and every task but seq_sid) to 0")
     elif script.scratch_dropout or script.item_text_embeddings or script.sequence_packing:
-        raise ValueError("scratch_dropout / item_text_embeddings / sequence_packing apply to model_name_or_path: "
+        raise UserError("scratch_dropout / item_text_embeddings / sequence_packing apply to model_name_or_path: "
                          "scratch only")
     scratch = model_args.model_name_or_path in SCRATCH_SPECS
     if script.sid_init not in (("auto", "random", "centroids") if scratch else ("auto", "semantic", "mean")):
-        raise ValueError(f"sid_init={script.sid_init!r}: choose semantic | mean (pretrained bases) or random | "
+        raise UserError(f"sid_init={script.sid_init!r}: choose semantic | mean (pretrained bases) or random | "
                          "centroids (scratch)")
-    if not 0.0 <= script.scratch_dropout < 1.0:
-        raise ValueError(f"scratch_dropout must be in [0, 1), got {script.scratch_dropout}")
+    check_range("scratch_dropout", script.scratch_dropout, 0, 1, hi_open=True)
+    # Flags that would not mean what they say (issue #11 items 1-2): refuse them before anything trains.
+    if not script.train_sid_rows and script.mode == "new_tokens":
+        raise UserError("train_sid_rows: false with mode: new_tokens would leave nothing to train (new_tokens "
+                        "trains the SID rows only); use mode: lora with train_sid_rows: false for frozen SID rows")
+    if not script.train_sid_rows and script.mode == "full":
+        raise UserError("train_sid_rows: false with mode: full: full trains every parameter, SID rows included; "
+                        "use mode: lora for frozen SID rows")
+    check_range("history_len", script.history_len, 1)
+    check_range("eval_examples", script.eval_examples, 1)
+    check_range("val_rec_rows", script.val_rec_rows, 0)
+    check_range("val_k", script.val_k, 1)
+    check_range("val_beams", script.val_beams, script.val_k, allow_none=True)
+    check_range("max_train_examples", script.max_train_examples, 1, allow_none=True)
+    check_range("time_budget_minutes", script.time_budget_minutes, 0, lo_open=True, allow_none=True)
+    check_choice("time_budget_clock", script.time_budget_clock, ("wall", "cpu"))
+    check_range("num_layers", script.num_layers, 1, allow_none=True)
+    for name in ("scratch_hidden_size", "scratch_layers", "scratch_heads"):
+        check_range(name, getattr(script, name), 1)
+    check(script.scratch_hidden_size % script.scratch_heads == 0, "scratch_hidden_size",
+          f"{script.scratch_hidden_size} is not divisible by scratch_heads={script.scratch_heads}")
+    for name in ("weight_seq_sid", "weight_title2sid", "weight_sid2title", "weight_seq_title"):
+        check_range(name, getattr(script, name), 0)
+    check(script.train_splits, "train_splits", "is empty")
+    for split in script.train_splits:
+        check_choice("train_splits", split, ("train", "valid"))
+    check_range("per_device_train_batch_size", training.per_device_train_batch_size, 1)
+    check_range("gradient_accumulation_steps", training.gradient_accumulation_steps, 1)
+    check_range("learning_rate", training.learning_rate, 0, lo_open=True)
+    check(training.max_steps != 0, "max_steps", "0 trains nothing; -1 = by num_train_epochs, or a positive count")
+    check_range("num_train_epochs", training.num_train_epochs, 0, lo_open=True)
+    check_seed("seed", training.seed)
+    if model_args.model_name_or_path not in (*SCRATCH_SPECS, *TINY_SPECS) and \
+            not model_args.model_name_or_path.startswith("embedded:") and not script.allow_download:
+        require_dir(model_args.model_name_or_path, "model_name_or_path (a local checkpoint; set allow_download: "
+                                                   "true for a hub id)")
+
+
+def check_inputs(script: ScriptArguments, training: SFTConfig) -> None:
+    """Inputs exist and the output location is usable, before anything loads (contents are checked on load)."""
+    require_dir(script.dataset_dir, "dataset_dir", containing="meta.json")
+    require_dir(script.sid_dir, "sid_dir", containing="meta.json")
+    if script.item_text_embeddings:
+        require_dir(script.item_text_embeddings, "item_text_embeddings", containing="meta.json")
+    if training.resume_from_checkpoint:
+        require_dir(training.resume_from_checkpoint, "resume_from_checkpoint")
+    check_output_dir(training.output_dir)
+
+
+def check_resume(checkpoint: str, fresh_optimizer: bool) -> None:
+    """A resume restores the optimizer too; without ``optimizer.pt`` the run silently diverges: refuse unless asked."""
+    path = Path(checkpoint)
+    check((path / "trainer_state.json").is_file(), str(path), "not a Trainer checkpoint (no trainer_state.json)")
+    if not (path / "optimizer.pt").is_file():
+        check(fresh_optimizer, str(path), "has no optimizer.pt: resuming would start a fresh optimizer (different "
+                                          "weights than an unbroken run); set resume_fresh_optimizer: true to "
+                                          "accept that")
+        log.warning("%s has no optimizer.pt: resuming with a fresh optimizer (resume_fresh_optimizer: true)", path)
+
+
+def check_catalogue(script: ScriptArguments, dataset, artifact) -> None:
+    """The SID artifact covers the dataset's items, and val_k fits the smallest domain trained on."""
+    items = set(dataset.item_ids)
+    missing = [i for i in artifact.item_ids if i not in items]
+    check(not missing, str(script.sid_dir), f"SID artifact names {len(missing)} items the dataset "
+                                            f"{script.dataset_dir} does not have (e.g. {missing[:1]}); it was built "
+                                            "for other data")
+    if script.val_rec_rows > 0:
+        from collections import Counter
+
+        sizes = Counter(dataset.items["domain"])
+        domains = script.domains or sorted(sizes)
+        unknown = [d for d in domains if d not in sizes]
+        check(not unknown, "domains", f"{unknown} not in the dataset (it has {sorted(sizes)})")
+        smallest = min(domains, key=lambda d: sizes[d])
+        check(script.val_k <= sizes[smallest], "val_k", f"{script.val_k} is larger than domain {smallest!r} "
+                                                        f"({sizes[smallest]} items)")
+
+
 
 
 def ensure_sid_vocabulary(model, tokenizer, artifact, init: str, dataset) -> dict:
@@ -130,8 +214,8 @@ def init_sid_rows_from_centroids(model, tokenizer, artifact) -> None:
 
     path = artifact.path / "codebooks" / "centroids.npy" if artifact.path else None
     if path is None or not path.exists():
-        raise ValueError(f"sid_init: centroids needs RQ codebooks ({path} is missing; FSQ / external SIDs have none)")
-    cents = np.load(path)  # [L, K, d]
+        raise UserError(f"sid_init: centroids needs RQ codebooks ({path} is missing; FSQ / external SIDs have none)")
+    cents = load_npy(path, "RQ centroids")  # [L, K, d]
     emb = model.get_input_embeddings().weight
     hidden = emb.shape[1]
     flat = cents.reshape(-1, cents.shape[-1])
@@ -158,7 +242,7 @@ def load_item_text(path: str, dataset, artifact):
     row = {item["item_id"]: i for i, item in enumerate(dataset.items)}
     missing = [i for i in artifact.item_ids if i not in row]
     if missing:
-        raise ValueError(f"{path}: no text vector for SID item {missing[0]!r} ({len(missing)} missing)")
+        raise UserError(f"{path}: no text vector for SID item {missing[0]!r} ({len(missing)} missing)")
     return emb[[row[i] for i in artifact.item_ids]]
 
 
@@ -186,9 +270,12 @@ def build_datasets(script: ScriptArguments, dataset, artifact, tokenizer, seed: 
 def train(script: ScriptArguments, training: SFTConfig, model_args: ModelConfig) -> SFTTrainer:
     """Build everything, train, save; returns the trainer (its ``model`` is the trained model)."""
     check_args(script, training, model_args)
-
+    check_inputs(script, training)
     dataset = load_rec_dataset(script.dataset_dir)
     artifact = load_sid_artifact(script.sid_dir)
+    check_catalogue(script, dataset, artifact)
+    if training.resume_from_checkpoint:
+        check_resume(training.resume_from_checkpoint, script.resume_fresh_optimizer)
     if model_args.model_name_or_path in SCRATCH_SPECS:  # TIGER-style: SID-only vocabulary, random weights
         text = load_item_text(script.item_text_embeddings, dataset, artifact) if script.item_text_embeddings else None
         model, tokenizer = build_scratch_lm(artifact.all_tokens(), model_args.model_name_or_path,
@@ -217,7 +304,8 @@ def train(script: ScriptArguments, training: SFTConfig, model_args: ModelConfig)
                        train_sid_rows=script.train_sid_rows)
     callbacks = []
     if script.time_budget_minutes is not None:
-        callbacks.append(TimeBudget(script.time_budget_minutes, script.time_budget_clock))
+        callbacks.append(TimeBudget(script.time_budget_minutes, script.time_budget_clock,
+                                    show_progress=not training.disable_tqdm))
     if script.val_rec_rows > 0:
         rows = sample_rows(dataset.splits["valid"], script.val_rec_rows, training.seed)
         rows = [r for r in rows if script.domains is None or r["domain"] in script.domains]
@@ -235,8 +323,14 @@ def train(script: ScriptArguments, training: SFTConfig, model_args: ModelConfig)
 
     trainer = SFTTrainer(model=model, args=training, train_dataset=train_ds, eval_dataset=valid_ds,
                          processing_class=tokenizer, callbacks=callbacks)
+    if script.time_budget_minutes is not None:  # its own bar shows the budget; the step bar's total would not
+        from transformers.trainer_callback import ProgressCallback
+
+        trainer.remove_callback(ProgressCallback)
     trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
     trainer.save_model(training.output_dir)
+    if script.mode in ("lora", "qlora") and trainer.is_world_process_zero():
+        save_sid_rows(trainer.model, sid_ids, training.output_dir)
     trainer.save_state()  # trainer_state.json: the loss curve and step, beside the model
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(training.output_dir)
@@ -250,11 +344,18 @@ def train(script: ScriptArguments, training: SFTConfig, model_args: ModelConfig)
     return trainer
 
 
-def main(argv: list[str] | None = None) -> SFTTrainer:
+def run_sft(argv: list[str] | None = None) -> SFTTrainer:
+    """Parse (strictly: unknown keys, wrong types), validate, train; returns the trainer (the Python API)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig))
-    return train(*parser.parse_args_and_config(argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return train(*parse_config((ScriptArguments, SFTConfig, ModelConfig), argv))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The CLI: exit 0, or 2 with one ``error: <where>: <problem>`` line for a user error (data_builders/cli.py).
+    Under ``accelerate launch`` the launcher adds its own traceback for any non-zero exit unless ``--quiet``."""
+    return run_cli(run_sft, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

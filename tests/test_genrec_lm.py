@@ -13,7 +13,7 @@ from data_builders.dataset import load_rec_dataset
 from data_builders.prompts import SID_SEP, next_item_prompt
 from sft.modeling import load_sft_checkpoint
 from sft.models import build_scratch_lm
-from sft.train import main
+from sft.train import run_sft as main
 from sft_fixtures import make_tiny_pipeline
 from tokenization.artifact import load_sid_artifact
 

@@ -207,7 +207,7 @@ def test_score_items_ranks_like_the_scorers_recommend(scorer, tmp_path):
 def pipeline(tmp_path_factory):
     """The eval tests' two domains of 20 items (+ random embeddings), a handmade SID artifact (item k of the
     catalogue: SID (k // 5, k % 5)) and a scratch SFT checkpoint trained on them for 3 steps."""
-    from sft.train import main
+    from sft.train import run_sft as main
     from test_eval import write_tiny
     from tokenization.artifact import write_sid_artifact
 

@@ -8,7 +8,7 @@ import torch
 from conftest import REPO
 from sft.modeling import load_base, load_sft_checkpoint
 from sft.models import load_causal_lm
-from sft.train import main
+from sft.train import run_sft as main
 from sft_fixtures import make_tiny_pipeline
 from tokenization.artifact import load_sid_artifact
 from tokenization.vocab import extend_vocabulary
@@ -113,9 +113,9 @@ def test_config_typo_and_bad_mode_fail_before_training(pipeline, tmp_path):
 
 
 def test_missing_sid_artifact_is_a_clear_error(pipeline, tmp_path):
-    from data_builders.dataset import DataError
+    from data_builders.cli import UserError
 
-    with pytest.raises(DataError, match="not a SID artifact"):
+    with pytest.raises(UserError, match="not a sid_dir: no meta.json inside"):
         main(["--config", CONFIG, "--dataset_dir", str(pipeline[0]), "--sid_dir", str(tmp_path),
               "--output_dir", str(tmp_path / "o")])
 

@@ -1,0 +1,129 @@
+"""Issue #11 items 1, 2, 5, 8 and the SFT small items: a reloaded checkpoint gives the trained model's logits in
+every mode/flag combination (or the combination is refused), resume without optimizer state is refused, the log is
+rewritten from the checkpoint's step, adapters are read locally, loss only on the completion, the budget bar."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import REPO
+from data_builders.cli import UserError
+from data_builders.dataset import DataError
+from sft.modeling import SID_ROWS_FILE, load_sft_checkpoint
+from sft.train import run_sft
+from sft_fixtures import make_tiny_pipeline
+
+CONFIG = str(REPO / "configs" / "tiny" / "sft.yaml")
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    return make_tiny_pipeline(tmp_path_factory.mktemp("sft_robust"))
+
+
+def run(pipeline, out, *extra):
+    dataset_dir, sid_dir = pipeline
+    return run_sft(["--config", CONFIG, "--dataset_dir", str(dataset_dir), "--sid_dir", str(sid_dir),
+                    "--output_dir", str(out), *extra])
+
+
+PROBE = "<a_0><b_1><a_1><b_2><a_0>"
+
+
+@pytest.mark.parametrize("mode, train_sid_rows", [("lora", "true"), ("lora", "false"), ("full", "true"),
+                                                  ("new_tokens", "true")])
+def test_reload_gives_the_trained_logits(pipeline, tmp_path, mode, train_sid_rows):
+    """Item 1: LoRA with frozen SID rows on a base without them reloaded every SID row as the vocabulary mean."""
+    trainer = run(pipeline, tmp_path / "m", "--mode", mode, "--train_sid_rows", train_sid_rows)
+    trained = trainer.model.eval()
+    model, tok, _ = load_sft_checkpoint(tmp_path / "m")
+    ids = tok(PROBE, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        diff = (trained(ids).logits - model(ids).logits).abs().max().item()
+    assert diff < 1e-5, f"{mode}/train_sid_rows={train_sid_rows}: max logit difference {diff}"
+
+
+def test_frozen_sid_rows_are_restored_not_mean_initialised(pipeline, tmp_path):
+    run(pipeline, tmp_path / "m", "--train_sid_rows", "false")
+    assert (tmp_path / "m" / SID_ROWS_FILE).is_file()
+    model, tok, artifact = load_sft_checkpoint(tmp_path / "m")
+    ids = tok.convert_tokens_to_ids(artifact.all_tokens())
+    rows = model.get_input_embeddings().weight[ids]
+    assert not torch.allclose(rows, rows.mean(0, keepdim=True).expand_as(rows))  # semantic init kept, not one mean
+
+
+@pytest.mark.parametrize("mode", ["new_tokens", "full"])
+def test_train_sid_rows_false_is_refused_where_it_cannot_mean_what_it_says(pipeline, tmp_path, mode):
+    """Item 2: new_tokens + train_sid_rows: false trained the whole embedding matrix."""
+    with pytest.raises(UserError, match=f"train_sid_rows: false with mode: {mode}"):
+        run(pipeline, tmp_path / "x", "--mode", mode, "--train_sid_rows", "false")
+    assert not (tmp_path / "x").exists()
+
+
+def test_resume_without_optimizer_state_is_refused_and_log_is_rewritten(pipeline, tmp_path):
+    """Item 5: no optimizer.pt -> a fresh optimizer without a word; metrics.jsonl had steps after the checkpoint
+    twice."""
+    const = ("--lr_scheduler_type", "constant", "--save_strategy", "steps", "--save_steps", "2")
+    run(pipeline, tmp_path / "r", "--max_steps", "3", *const)
+    log_before = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in log_before) == 3
+    ckpt = tmp_path / "r" / "checkpoint-2"
+    no_opt = tmp_path / "checkpoint-2-no-optimizer"
+    shutil.copytree(ckpt, no_opt)
+    (no_opt / "optimizer.pt").unlink()
+    with pytest.raises(UserError, match="has no optimizer.pt"):
+        run(pipeline, tmp_path / "r", "--max_steps", "4", *const, "--resume_from_checkpoint", str(no_opt))
+    run(pipeline, tmp_path / "r", "--max_steps", "4", *const, "--resume_from_checkpoint", str(ckpt))
+    steps = [json.loads(line)["step"] for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == [1, 2, 3, 4], steps  # step 3 once, from the resumed run
+    resumed = run(pipeline, tmp_path / "r2", "--max_steps", "4", *const, "--resume_from_checkpoint", str(no_opt),
+                  "--resume_fresh_optimizer", "true")
+    assert resumed.state.global_step == 4
+
+
+def test_adapter_checkpoint_without_weights_is_a_local_error(pipeline, tmp_path):
+    """Item 8: a checkpoint directory without adapter weights fell through to hub code (HFValidationError)."""
+    run(pipeline, tmp_path / "m")
+    (tmp_path / "m" / "adapter_model.safetensors").unlink()
+    with pytest.raises(DataError, match="adapter_model.safetensors missing"):
+        load_sft_checkpoint(tmp_path / "m")
+    with pytest.raises(UserError, match="SFT checkpoint not found"):
+        load_sft_checkpoint(tmp_path / "nowhere")
+
+
+def test_loss_is_on_the_completion_only(pipeline, tmp_path, extra=()):
+    """A TRL default change would silently put loss on the prompt: pin the labels the trainer really uses."""
+    trainer = run(pipeline, tmp_path / "m", "--max_steps", "1", *extra)
+    tok = trainer.processing_class
+    example = trainer.train_dataset[0]
+    batch = trainer.data_collator([example])
+    ids, labels = batch["input_ids"][0], batch["labels"][0]
+    keep = (labels != -100).nonzero().flatten()
+    assert len(keep) >= 2
+    start = int(keep[0])
+    assert torch.equal(keep, torch.arange(start, start + len(keep)))  # one contiguous labelled span ...
+    assert torch.equal(labels[keep], ids[keep])                          # ... whose labels are its own ids
+    tokens = tok.convert_ids_to_tokens(ids.tolist())
+    labelled = tokens[start:start + len(keep)]
+    sid = [t for t in labelled if t.startswith(("<a_", "<b_"))]
+    assert len(sid) == 2 and "".join(sid) == example["completion"][0]["content"].strip() if isinstance(
+        example["completion"], list) else "".join(sid) in example["completion"]
+    assert all(t in sid or t in tok.all_special_tokens or not t.strip("Ċ") for t in labelled)  # SID + end only
+    history = [t for t in tokens[:start] if t.startswith(("<a_", "<b_"))]
+    assert history  # the prompt's history SIDs are all before the labelled span: no loss on them
+
+
+def test_time_budget_bar_counts_minutes_not_the_epoch_step_total(pipeline, tmp_path, capsys):
+    run(pipeline, tmp_path / "m", "--max_steps", "-1", "--num_train_epochs", "1", "--time_budget_minutes", "0.002")
+    err = capsys.readouterr().err
+    assert "SFT (wall time budget)" in err and "/0.0 min" in err
+
+
+def test_the_completion_test_catches_loss_on_the_prompt(pipeline, tmp_path):
+    with pytest.raises(AssertionError):
+        test_loss_is_on_the_completion_only(pipeline, tmp_path, extra=("--completion_only_loss", "false"))
