@@ -87,11 +87,11 @@ def parse_time_bound(value: str | int | None, name: str) -> int | None:
         try:
             moment = datetime.fromisoformat(text)
         except ValueError:
-            raise ValueError(f"{name}={value!r}: expected an ISO date 'YYYY-MM-DD' or unix seconds") from None
+            raise DataError(f"{name}={value!r}: expected an ISO date 'YYYY-MM-DD' or unix seconds") from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=timezone.utc)
         return int(moment.timestamp())
-    raise ValueError(f"{name}={value!r}: expected an ISO date 'YYYY-MM-DD' or unix seconds")
+    raise DataError(f"{name}={value!r}: expected an ISO date 'YYYY-MM-DD' or unix seconds")
 
 
 def detect_version(path: str | Path) -> str:
@@ -247,7 +247,7 @@ def _resolve_layout(reviews: Path, version: str) -> Layout:
     if version == "auto":
         version = detect_version(reviews)
     if version not in LAYOUTS:
-        raise ValueError(f"version must be '2018', '2023' or 'auto', got {version!r}")
+        raise DataError(f"version must be '2018', '2023' or 'auto', got {version!r}")
     return LAYOUTS[version]
 
 
@@ -284,12 +284,12 @@ def import_amazon_reviews(
     """Build a canonical dataset from raw Amazon Reviews 2018 / 2023 files (see the module docstring)."""
     reviews, meta_path = Path(reviews), Path(meta) if meta is not None else None
     if split not in ("leave_one_out", "temporal"):
-        raise ValueError(f"split must be 'leave_one_out' or 'temporal', got {split!r}")
+        raise DataError(f"split must be 'leave_one_out' or 'temporal', got {split!r}")
     if require_metadata and meta_path is None:
-        raise ValueError("require_metadata=True needs a meta file; pass meta=... or require_metadata=False")
+        raise DataError("require_metadata=True needs a meta file; pass meta=... or require_metadata=False")
     window = (parse_time_bound(start, "start"), parse_time_bound(end, "end"))
     if None not in window and window[0] >= window[1]:
-        raise ValueError(f"empty time window: start={start!r} is not before end={end!r}")
+        raise DataError(f"empty time window: start={start!r} is not before end={end!r}")
     layout = _resolve_layout(reviews, version)
     skipped: Counter = Counter()
 

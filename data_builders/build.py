@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from data_builders.cli import parse_config, run_cli
+from data_builders.cli import check, check_choice, check_output_dir, check_range, parse_config, require_dir, run_cli
 from data_builders.dataset import BuiltDataset, DataError, load_rec_dataset, write_rec_dataset
 
 SOURCES = ("minionerec", "lcrec", "amazon2018", "amazon2023")
@@ -68,6 +68,32 @@ def import_domain(args: DataBuildArgs, domain: str) -> BuiltDataset:
     raise DataError(f"unknown source {args.source!r}; expected one of {SOURCES}")
 
 
+def check_args(args: DataBuildArgs) -> None:
+    """Every setting and input checked before anything is read or written (a bad encoder used to be found only
+    after dataset/ was written)."""
+    check_choice("source", args.source, SOURCES)
+    check_choice("split", args.split, ("leave_one_out", "temporal"))
+    check(args.domains, "domains", "is empty; name at least one domain")
+    check(len(set(args.domains)) == len(args.domains), "domains", f"has duplicates: {args.domains}")
+    check_range("max_history", args.max_history, 1)
+    check_range("k_core", args.k_core, 1)
+    check_range("embed_batch_size", args.embed_batch_size, 1)
+    check_range("text_max_tokens", args.text_max_tokens, 1, allow_none=True)
+    if args.source in ("amazon2018", "amazon2023"):
+        from data_builders.amazon_reviews import parse_time_bound
+
+        bounds = [parse_time_bound(getattr(args, name), name) for name in ("start", "end")]
+        if None not in bounds:
+            check(bounds[0] < bounds[1], "start", f"{args.start!r} is not before end={args.end!r}")
+    require_dir(args.data_dir, "data_dir")
+    if not args.skip_embeddings:
+        from data_builders.embeddings import resolve_encoder_path
+
+        resolve_encoder_path(args.encoder)
+    check_output_dir(Path(args.output_dir) / "dataset", "dataset output")
+    check_output_dir(Path(args.output_dir) / "embeddings", "embeddings output")
+
+
 def build_dataset(args: DataBuildArgs) -> Path:
     """Import every domain, merge when there are several, write ``<output_dir>/dataset``."""
     from data_builders.merge import merge_datasets
@@ -109,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     (args,) = parse_config((DataBuildArgs,), argv)
+    check_args(args)
     seconds = {}
     t0 = time.perf_counter()
     dataset = load_rec_dataset(build_dataset(args))

@@ -10,6 +10,8 @@ of the items, ``2.0`` everything twice. Rows are shuffled with ``seed``.
 
 from __future__ import annotations
 
+from data_builders.cli import UserError
+
 import random
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -21,7 +23,7 @@ DEFAULT_TASK_WEIGHTS = {"seq_sid": 1.0, "title2sid": 0.0, "sid2title": 0.0, "seq
 def _take(n_total: int, weight: float, rng: random.Random) -> list[int]:
     """Indices for a task with multiplicity ``weight``: floor(weight) full passes + a seeded partial pass."""
     if weight < 0:
-        raise ValueError(f"task weights must be >= 0, got {weight}")
+        raise UserError(f"task weights must be >= 0, got {weight}")
     whole, frac = int(weight), weight - int(weight)
     idx = list(range(n_total)) * whole
     return idx + sorted(rng.sample(range(n_total), round(frac * n_total)))
@@ -66,7 +68,7 @@ def build_examples(dataset, artifact, tokenizer, splits: Sequence[str] = ("train
     weights = {**DEFAULT_TASK_WEIGHTS, **(task_weights or {})}
     unknown = set(weights) - set(TASKS)
     if unknown:
-        raise ValueError(f"unknown task(s) {sorted(unknown)}; expected some of {TASKS}")
+        raise UserError(f"unknown task(s) {sorted(unknown)}; expected some of {TASKS}")
     keep = (lambda d: True) if domains is None else (lambda d: d in set(domains))  # noqa: E731
     rows = [r for s in splits for r in dataset.splits[s] if keep(r["domain"])]
     items = [i for i in dataset.items if keep(i["domain"])]
@@ -80,7 +82,7 @@ def build_examples(dataset, artifact, tokenizer, splits: Sequence[str] = ("train
                 else item_examples(items, artifact, tokenizer, task))
         examples += [pool[i] for i in _take(len(pool), weight, rng)]
     if not examples:
-        raise ValueError(f"no training examples: splits {list(splits)}, domains {domains}, weights {weights}")
+        raise UserError(f"no training examples: splits {list(splits)}, domains {domains}, weights {weights}")
     rng.shuffle(examples)
     return datasets.Dataset.from_list(examples)
 
@@ -105,7 +107,7 @@ def packed_sequence_examples(rows: Iterable[Mapping], artifact, tokenizer, max_h
     from data_builders.prompts import SID_SEP, is_sid_only
 
     if not is_sid_only(tokenizer):
-        raise ValueError("sequence packing needs a SID-only tokenizer (model_name_or_path: scratch): other prompts "
+        raise UserError("sequence packing needs a SID-only tokenizer (model_name_or_path: scratch): other prompts "
                          "wrap the history in text, so one sequence cannot hold several prompts")
     sep, eos = tokenizer.convert_tokens_to_ids(SID_SEP), tokenizer.eos_token_id
     by_user: dict[tuple[str, str], list[tuple[str, ...]]] = {}

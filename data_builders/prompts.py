@@ -20,6 +20,8 @@ A SID-only tokenizer (the TIGER-style ``scratch`` model of sft/models.py, recogn
 
 from __future__ import annotations
 
+from data_builders.cli import UserError
+
 from typing import Sequence
 
 TASKS = ("seq_sid", "seq_title", "title2sid", "sid2title")
@@ -52,9 +54,9 @@ def render_prompt(instruction: str, tokenizer) -> str:
 
 def _history_text(entries: Sequence[str], max_history: int, joiner: str) -> str:
     if not entries:
-        raise ValueError("empty history: a next-item prompt needs at least one item")
+        raise UserError("empty history: a next-item prompt needs at least one item")
     if max_history < 1:
-        raise ValueError(f"max_history must be >= 1, got {max_history}")
+        raise UserError(f"max_history must be >= 1, got {max_history}")
     return joiner.join(entries[-max_history:])
 
 
@@ -90,7 +92,7 @@ def build_example(task: str, tokenizer, *, sid: str, title: str = "", history_si
     if task == "seq_sid":
         return {"prompt": next_item_prompt(history_sids, tokenizer, max_history), "completion": sid}
     if task in TASKS and is_sid_only(tokenizer):
-        raise ValueError(f"task {task!r} needs words, but this tokenizer holds only SID tokens (a `scratch` model): "
+        raise UserError(f"task {task!r} needs words, but this tokenizer holds only SID tokens (a `scratch` model): "
                          "only seq_sid applies; set its other task weights to 0")
     if task == "seq_title":
         return {"prompt": title_history_prompt(history_titles, tokenizer, max_history), "completion": sid}

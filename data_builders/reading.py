@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import math
 import gzip
+import zlib
 import json
 import os
 from pathlib import Path
@@ -36,12 +37,16 @@ def find_plain_or_gz(data_dir: Path, filename: str, required: bool = True) -> Pa
 def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, text)`` (1-based, newline stripped) from a plain or gzipped UTF-8 file."""
     path = Path(path)
+    n = 0
     with _open_bytes(path) as f:
-        for n, raw in enumerate(f, start=1):
-            try:
-                yield n, raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as e:
-                raise data_error(path, n, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
+        try:
+            for n, raw in enumerate(f, start=1):
+                try:
+                    yield n, raw.decode("utf-8").rstrip("\r\n")
+                except UnicodeDecodeError as e:
+                    raise data_error(path, n, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
+        except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+            raise data_error(path, n + 1, f"truncated or corrupt gzip file ({e})") from None
 
 
 def read_text(path: str | os.PathLike) -> str:
@@ -91,9 +96,12 @@ def sha256_content(path: str | os.PathLike) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    with _open_bytes(Path(path)) as f:
-        while block := f.read(1 << 20):
-            h.update(block)
+    try:
+        with _open_bytes(Path(path)) as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise data_error(path, None, f"truncated or corrupt gzip file ({e})") from None
     return h.hexdigest()
 
 

@@ -11,6 +11,8 @@ Two schemes, both producing sliding windows (history of at most ``max_history`` 
 
 from __future__ import annotations
 
+from data_builders.cli import UserError
+
 from collections import Counter
 from typing import Sequence
 
@@ -27,7 +29,7 @@ def sliding_windows(items: Sequence[str], max_history: int, start: int = 1, stop
     [(1, ['a'], 'b'), (2, ['b'], 'c')]
     """
     if max_history < 1:
-        raise ValueError(f"max_history must be >= 1, got {max_history}")
+        raise UserError(f"max_history must be >= 1, got {max_history}")
     stop = len(items) if stop is None else stop
     for pos in range(max(start, 1), stop):
         yield pos, list(items[max(0, pos - max_history) : pos]), items[pos]
@@ -58,7 +60,7 @@ def temporal_split_rows(
 ) -> list[Row]:
     """Global temporal split of all sliding windows, sorted by target time (ties: user, then position)."""
     if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
-        raise ValueError(f"ratios must be three non-negative numbers summing to 1, got {ratios}")
+        raise UserError(f"ratios must be three non-negative numbers summing to 1, got {ratios}")
     windows = []
     for user, seq in sequences.items():
         ids = [item for item, _ in seq]
