@@ -27,6 +27,8 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from data_builders.cli import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -190,12 +192,15 @@ class PredictionsRecommender:
                 check_predictions_meta(record["meta"], self.path, dataset.dataset_hash, self.split)
                 continue
             row = resolve_prediction_row(record, keys, len(rows), f"{self.path}, line {line_no}")
+            if not record["items"]:
+                raise UserError(f"{self.path}, line {line_no}: empty 'items' list for row {row}; every row needs "
+                                "at least one item")
             if row in self.by_row:
-                raise ValueError(f"{self.path}, line {line_no}: second prediction for row {row}")
+                raise UserError(f"{self.path}, line {line_no}: second prediction for row {row}")
             self.by_row[row] = [str(i) for i in record["items"]]
         missing = sorted(set(range(len(rows))) - set(self.by_row))
         if missing:
-            raise ValueError(f"{self.path}: no prediction for {len(missing)} of {len(rows)} {self.split} rows, "
+            raise UserError(f"{self.path}: no prediction for {len(missing)} of {len(rows)} {self.split} rows, "
                              f"e.g. rows {missing[:10]}")
 
     def recommend(self, queries: Sequence[Query], k: int) -> list[list[str]]:
@@ -209,34 +214,44 @@ def read_predictions(path: Path):
     """Yield ``(line_no, record)`` for each non-empty JSONL line."""
     if not path.exists():
         raise FileNotFoundError(f"predictions file {path} does not exist")
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}, line {line_no}: not UTF-8 text ({e.reason} at byte {e.start} of the "
+                                "line)") from None
             if line.strip():
                 try:
-                    yield line_no, json.loads(line)
+                    record = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}, line {line_no}: not JSON ({e})") from None
+                    raise UserError(f"{path}, line {line_no}: not JSON ({e})") from None
+                if not isinstance(record, dict):
+                    raise UserError(f"{path}, line {line_no}: expected a JSON object, got {type(record).__name__}")
+                yield line_no, record
 
 
 def check_predictions_meta(meta: dict, path: Path, dataset_hash: str, split: str) -> None:
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: the 'meta' line must hold a JSON object, got {type(meta).__name__}")
     if meta.get("dataset_hash", dataset_hash) != dataset_hash:
-        raise ValueError(f"{path}: predictions were made for dataset {meta['dataset_hash'][:12]}, "
+        raise UserError(f"{path}: predictions were made for dataset {meta['dataset_hash'][:12]}, "
                          f"but the evaluated dataset is {dataset_hash[:12]}")
     if meta.get("split", split) != split:
-        raise ValueError(f"{path}: predictions are for split {meta['split']!r}, evaluating {split!r}")
+        raise UserError(f"{path}: predictions are for split {meta['split']!r}, evaluating {split!r}")
 
 
 def resolve_prediction_row(record: dict, keys: dict[tuple[str, int], int], n_rows: int, where: str) -> int:
     """The split row a prediction line refers to (``row``, or ``domain`` + ``source_row``)."""
     if not isinstance(record.get("items"), list):
-        raise ValueError(f"{where}: needs an 'items' list")
+        raise UserError(f"{where}: needs an 'items' list")
     if "row" in record:
         row = record["row"]
         if not isinstance(row, int) or not 0 <= row < n_rows:
-            raise ValueError(f"{where}: unknown row {row!r} (the split has rows 0..{n_rows - 1})")
+            raise UserError(f"{where}: unknown row {row!r} (the split has rows 0..{n_rows - 1})")
         return row
     key = (record.get("domain"), record.get("source_row"))
     if key not in keys:
-        raise ValueError(f"{where}: unknown row {{'domain': {key[0]!r}, 'source_row': {key[1]!r}}}; "
+        raise UserError(f"{where}: unknown row {{'domain': {key[0]!r}, 'source_row': {key[1]!r}}}; "
                          "give 'row' (index in the split) or an existing 'domain' + 'source_row'")
     return keys[key]

@@ -189,12 +189,20 @@ def setup_text(m: dict) -> str:
         *([f"- The published models trained on the original ~36k/38k train rows; these on {m['train_rows']} rows."]
           if published else []),
         f"- coverage@{kref}: share of the domain's catalogue that appears in at least one top-{kref} list.",
+        *([history_note(m)] if m.get("history_len") else []),
         f"- History items excluded from recommendations: {rule['exclude_history']} (same rule for every method).",
         f"- {rule['ranking']}",
         f"- Averaging: {rule['averaging']}. Latency: {rule['latency']}.",
         *([f"- Published rows: {SOURCE}; labelled \"{LABEL}\"."] if published else
           ["- No published rows: the published table belongs to other data (see eval/published.py)."]),
     ])
+
+
+def history_note(m: dict) -> str:
+    kept = m.get("dataset_max_history")
+    return (f"- History: the sequence models see the newest {m['history_len']} items of each row (`history_len`"
+            + (f"; the dataset kept up to {kept}" if kept else "") + "); what each method saw is in the Training "
+            "table's `history` column.")
 
 
 def write_report(metrics: dict, out_dir: str | Path) -> dict[str, Path]:
@@ -224,15 +232,16 @@ def write_report(metrics: dict, out_dir: str | Path) -> dict[str, Path]:
 def training_table(metrics: dict) -> str:
     """Fit time, loss and memory per method; params/user = numbers generated per user (the dense morphs: 2dr or
     d²; "–" for methods that do not report it); peak RSS = the process's peak while fitting."""
-    lines = ["| method | train s | examples | epochs | final loss | peak RSS MB | params/user | notes |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | train s | examples | epochs | final loss | peak RSS MB | params/user | history | s/epoch "
+             "| notes |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name in method_names(metrics):
         t = metrics["training"].get(name) or {}
         losses = t.get("epoch_losses") or []
-        notes = f"alpha={t['alpha']}" if "alpha" in t else ""
+        notes = "; ".join([*([f"alpha={t['alpha']}"] if "alpha" in t else []),
+                           *(["stopped by its time budget"] if t.get("stopped_by_time_budget") else [])])
         lines.append(f"| {name} | {t.get('seconds', 0):.1f} | {t.get('examples', '–')} | {len(losses) or '–'} | "
                      f"{losses[-1] if losses else '–'} | {t.get('peak_rss_mb', '–')} | {t.get('params_per_user', '–')} "
-                     f"| {notes} |")
+                     f"| {t.get('history', '–')} | {t.get('epoch_seconds', '–')} | {notes} |")
     return "\n".join(lines)
 
 

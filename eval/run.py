@@ -14,6 +14,7 @@ import shlex
 import shutil
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -35,9 +36,9 @@ log = logging.getLogger("eval.run")
 class EvalArgs:
     """Every setting of an evaluation run (flat YAML keys, overridable on the command line)."""
 
-    dataset: str = "artifacts/amazon18/dataset"
-    embeddings: str = "artifacts/amazon18/embeddings"  # "" = none (then no semantic init / STARS)
-    output_dir: str = "artifacts/amazon18/eval"
+    dataset: str = ""  # required: a data_builders.build dataset/ directory
+    embeddings: str = ""  # that dataset's embeddings/ directory; "" = none (methods that need them are refused)
+    output_dir: str = ""  # required
     split: str = "test"  # the rows evaluated
     max_rows: int = 0  # 0 = every row of the split; N = a seeded sample of N rows (for slow methods)
     train_splits: list[str] = field(default_factory=lambda: ["train", "valid"])  # rows the methods are fitted on
@@ -67,6 +68,7 @@ class EvalArgs:
     sasrec_weight_decay: float = 0.0
     sasrec_loss: str = "full"  # full | sampled
     sasrec_negatives: int = 256  # sampled softmax only
+    sasrec_time_budget_minutes: float = 0.0  # > 0: stop after the epoch that passes it (also sasrec_semantic)
     sasrec_loss_positions: str = "all"  # all | last
     sasrec_positions: str = "learned"  # learned | rope
     sasrec_norm: str = "layernorm"  # layernorm | rmsnorm
@@ -87,6 +89,7 @@ class EvalArgs:
     stars_tags: bool = True
     stars_user_token: bool = True
     stars_pop_prior: bool = True
+    stars_time_budget_minutes: float = 0.0  # > 0: stop after the epoch that passes it
     # Generative model (method `generative`, eval/generative.py): an SFT/RL checkpoint decoded with the trie.
     generative_checkpoint: str = ""
     generative_num_beams: int = 0  # 0 = the checkpoint's default
@@ -139,7 +142,8 @@ def sasrec_config(a: EvalArgs, semantic: bool):
                        positions=a.sasrec_positions, norm=a.sasrec_norm, loss=a.sasrec_loss,
                        num_negatives=a.sasrec_negatives, loss_positions=a.sasrec_loss_positions,
                        epochs=a.sasrec_epochs, batch_size=a.sasrec_batch_size, lr=a.sasrec_lr,
-                       weight_decay=a.sasrec_weight_decay, seed=a.seed, **history_kw(a))
+                       weight_decay=a.sasrec_weight_decay, time_budget_minutes=a.sasrec_time_budget_minutes,
+                       seed=a.seed, **history_kw(a))
     if semantic:
         cfg = SASRecConfig(**{**asdict(cfg), "init": "semantic", "positions": a.semantic_positions,
                               "norm": a.semantic_norm, "mlp": a.semantic_mlp,
@@ -160,7 +164,8 @@ def build_stars(a: EvalArgs, rule: CandidateRule) -> list[Recommender]:
     cfg = STARSConfig(dim=a.stars_dim, layers=a.stars_layers, heads=a.stars_heads, dropout=a.stars_dropout,
                       tags=a.stars_tags, user_token=a.stars_user_token, pop_prior=a.stars_pop_prior,
                       epochs=a.stars_epochs, batch_size=a.stars_batch_size, lr=a.stars_lr,
-                      weight_decay=a.stars_weight_decay, seed=a.seed, **history_kw(a))
+                      weight_decay=a.stars_weight_decay, time_budget_minutes=a.stars_time_budget_minutes,
+                      seed=a.seed, **history_kw(a))
     return [STARSRecommender(cfg, rule, tie_seed=a.seed)]
 
 
@@ -229,8 +234,8 @@ def dense_config(a: EvalArgs, method: str):
     index = IndexConfig(kind=a.dense_index, ivf_nlist=a.dense_ivf_nlist, ivf_nprobe=a.dense_ivf_nprobe,
                         hnsw_m=a.dense_hnsw_m, hnsw_ef_search=a.dense_hnsw_ef_search, seed=a.seed)
     text = {"bi_encoder": "meta", "bi_encoder_title": "title"}.get(method, a.dense_text)
-    return DenseConfig(text=text, history_len=a.dense_history_len or a.history_len or 10, query=a.dense_query, dim=a.dense_dim, tower=tower,
-                       train=train, index=index, encoder=a.dense_encoder,
+    return DenseConfig(text=text, history_len=a.dense_history_len or a.history_len or 10, query=a.dense_query,
+                       dim=a.dense_dim, tower=tower, train=train, index=index, encoder=a.dense_encoder,
                        finetune_encoder_layers=a.dense_finetune_encoder_layers if tower else 0,
                        item_max_tokens=a.dense_item_max_tokens)
 
@@ -276,6 +281,8 @@ NEEDS_EMBEDDINGS = {"sasrec_semantic", "stars", "bi_encoder"}  # (xpert / mini_x
 
 def check_args(a: EvalArgs) -> None:
     """Every constraint that can be checked before anything is fitted (a late failure would waste the run)."""
+    check(a.dataset, "dataset", "is required: a dataset/ directory written by data_builders.build")
+    check(a.output_dir, "output_dir", "is required: where metrics.json and report.md go")
     unknown = [m for m in a.methods if m not in METHODS]
     check(not unknown, "methods", f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
     check(a.methods, "methods", "is empty; name at least one method")
@@ -300,6 +307,8 @@ def check_args(a: EvalArgs) -> None:
         check_range(name, getattr(a, name), 1)
     for name in ("latency_rows", "cold_max", "semantic_epochs", "semantic_freeze_epochs", "generative_num_beams"):
         check_range(name, getattr(a, name), 0)
+    for name in ("sasrec_time_budget_minutes", "stars_time_budget_minutes"):
+        check_range(name, getattr(a, name), 0)
     for name in ("sasrec_lr", "stars_lr", "dense_lr", "dense_tau"):
         check_range(name, getattr(a, name), 0, lo_open=True)
     for name in ("sasrec_dropout", "stars_dropout"):
@@ -307,14 +316,17 @@ def check_args(a: EvalArgs) -> None:
     check_range("head_share", a.head_share, 0, 1, lo_open=True, hi_open=True)
     check_seed("seed", a.seed)
     kmax = max(a.ks)
-    if a.generative_num_beams and {"generative", "generative_rerank"} & set(a.methods):
+    check_range("short_history_max", a.short_history_max, 0)
+    if a.generative_num_beams and "generative" in a.methods:  # (generative_rerank decodes rerank_candidates beams)
         check(a.generative_num_beams >= kmax, "generative_num_beams",
               f"{a.generative_num_beams} beams cannot fill a top-{kmax} list (max of ks); set it >= {kmax} or 0")
-    needs = NEEDS_EMBEDDINGS | ({"xpert", "mini_xpert", "mini_xpert_sweep"} if a.dense_text == "meta" and
-                                 not a.dense_finetune_encoder_layers else set())
-    if needs & set(a.methods):
-        check(a.embeddings, "embeddings", f"methods {sorted(needs & set(a.methods))} need item embeddings (a "
-                                          "data_builders.build embeddings/ directory); none given")
+    users = [m for m in needs_embeddings(a) if m != "generative_rerank"]
+    check(a.embeddings or not users, "embeddings",
+          f"methods {users} need item embeddings: set `embeddings:` to this dataset's data_builders.build "
+          "embeddings/ directory, or leave these methods out (a dataset without item text has none; README: Your "
+          "own data)")
+    check(a.embeddings or "generative_rerank" not in needs_embeddings(a), "embeddings",
+          f"generative_rerank with rerank_scorer {a.rerank_scorer!r} needs it (or choose a scorer without text)")
     if "mini_xpert_sweep" in a.methods:
         sweep_args(a)
     if "predictions" in a.methods:
@@ -328,8 +340,6 @@ def check_args(a: EvalArgs) -> None:
               "methods generative / generative_rerank need a checkpoint directory written by sft/train.py")
     if "generative_rerank" in a.methods:
         check_rerank_args(a)
-        if a.rerank_scorer in needs:
-            check(a.embeddings, "embeddings", f"generative_rerank with rerank_scorer {a.rerank_scorer!r} needs it")
 
 
 def check_inputs(a: EvalArgs) -> None:
@@ -346,10 +356,80 @@ def check_inputs(a: EvalArgs) -> None:
     check_output_dir(a.output_dir)
 
 
+def needs_embeddings(a: EvalArgs) -> list[str]:
+    """The configured methods that read the item embeddings."""
+    needs = NEEDS_EMBEDDINGS | ({"xpert", "mini_xpert", "mini_xpert_sweep"} if a.dense_text == "meta" and
+                                 not a.dense_finetune_encoder_layers else set())
+    if "generative_rerank" in a.methods and a.rerank_scorer in needs:
+        needs = needs | {"generative_rerank"}
+    return sorted(needs & set(a.methods))
+
+
+def load_embeddings(a: EvalArgs, dataset):
+    """The item embeddings of ``a.embeddings`` (None if not set); they must have been built from ``dataset``."""
+    if not a.embeddings:
+        return None
+    from data_builders.dataset import DataError
+    from data_builders.embeddings import load_item_embeddings
+
+    try:
+        embeddings, _ = load_item_embeddings(a.embeddings, dataset=dataset)
+    except DataError as e:
+        users = needs_embeddings(a)
+        why = f" (used by {users})" if users else " (no configured method uses them: set `embeddings: \"\"`)"
+        raise UserError(f"embeddings{why}: {e}") from None
+    return embeddings
+
+
+def check_checkpoint(a: EvalArgs, dataset, rows: "E.EvalRows", rule: CandidateRule) -> None:
+    """The generative checkpoint belongs to this dataset, its SID artifact is there, and its beams can fill every
+    list (before anything is fitted)."""
+    from data_builders.cli import read_json_file
+
+    where = "generative_checkpoint"
+    meta = read_json_file(Path(a.generative_checkpoint) / "genrec_sft.json", "SFT checkpoint meta")
+    check(isinstance(meta, dict), where, f"{a.generative_checkpoint}/genrec_sft.json is not a JSON object")
+    trained_on = meta.get("dataset_hash")
+    check(trained_on in (None, dataset.dataset_hash), where,
+          f"{a.generative_checkpoint} was trained on dataset {str(trained_on)[:12]}, but `dataset` {a.dataset} is "
+          f"{dataset.dataset_hash[:12]}; evaluate it on the dataset it was trained on")
+    if meta.get("sid_dir"):
+        require_dir(meta["sid_dir"], f"SID artifact of {a.generative_checkpoint} (sid_dir in genrec_sft.json)",
+                    containing="meta.json")
+    if a.generative_num_beams and "generative" in a.methods:
+        catalogue = Catalogue.from_dataset(dataset, a.seed)
+        need = E.request_size(a.ks, rule, max((len(q.history) for q in rows.queries), default=0))
+        sizes = Counter(catalogue.domain_of.values())
+        need = min(need, min(sizes[d] for d in {q.domain for q in rows.queries}))
+        check(a.generative_num_beams >= need, "generative_num_beams",
+              f"{a.generative_num_beams} beams cannot fill the {need} items asked per row (max(ks) plus the "
+              "history items exclude_history drops); set it higher or 0 (= as many as asked)")
+
+
+def history_seen(rec) -> str:
+    """Which history a method saw: the newest N items, all of them, none (not personalised) or unknown."""
+    if hasattr(rec, "parent"):  # a weight row of a re-ranking sweep
+        rec = rec.parent
+    if hasattr(rec, "generative") and hasattr(rec, "scorer"):
+        return f"{history_seen(rec.generative)} (generative), {history_seen(rec.scorer)} (scorer)"
+    if isinstance(rec, PredictionsRecommender):
+        return "unknown (precomputed)"
+    cfg = getattr(rec, "cfg", None)
+    n = getattr(cfg, "max_len", None) or getattr(cfg, "history_len", None) or getattr(rec, "history_len", None)
+    if isinstance(n, int) and n > 0:
+        return f"newest {n}"
+    if type(rec).__name__ == "BM25Recommender":
+        return "all"
+    return "none"
+
+
 def evaluate_methods(a: EvalArgs, dataset, train_rows: list[dict], embeddings, rows: E.EvalRows,
-                     rule: CandidateRule, on_method: Callable[[dict], None] | None = None) -> dict:
+                     rule: CandidateRule, on_method: Callable[[dict], None] | None = None,
+                     prebuilt: dict[str, list[Recommender]] | None = None) -> dict:
     """Fit, run, time and score every configured method. Returns the per-method parts of metrics.json;
-    ``on_method(parts so far)`` is called after each method (eval.run saves them: a late failure loses nothing)."""
+    ``on_method(parts so far)`` is called after each method (eval.run saves them: a late failure loses nothing).
+    ``prebuilt``: method -> recommenders already built and fitted (eval.run reads predictions files up front)."""
+    prebuilt = prebuilt or {}
     catalogue = Catalogue.from_dataset(dataset, a.seed)
     E.check_ks(a.ks, catalogue, rule)
     k_request = E.request_size(a.ks, rule, max((len(q.history) for q in rows.queries), default=0))
@@ -358,9 +438,11 @@ def evaluate_methods(a: EvalArgs, dataset, train_rows: list[dict], embeddings, r
     out: dict = {"methods": {}, "per_user": {}, "slices": {}, "latency_ms": {}, "training": {},
                  "method_order": [], "slice_order": list(slices)}
     for method in a.methods:
-        for rec in METHODS[method](a, rule):
+        fitted = method in prebuilt
+        for rec in prebuilt[method] if fitted else METHODS[method](a, rule):
             start = time.perf_counter()
-            rec.fit(dataset, train_rows, embeddings)
+            if not fitted:
+                rec.fit(dataset, train_rows, embeddings)
             fit_seconds = time.perf_counter() - start
             lists, seconds = E.collect_lists(rec, rows, k_request, a.batch_size)
             scored = E.score_lists(lists, rows, catalogue, rule, a.ks, slices)
@@ -376,7 +458,7 @@ def evaluate_methods(a: EvalArgs, dataset, train_rows: list[dict], embeddings, r
                                            if shared in out["latency_ms"] else
                                            E.measure_latency(rec, rows, k_request, a.latency_rows, a.seed))
             out["training"][rec.name] = {**getattr(rec, "train_log", {}), "seconds": round(fit_seconds, 2),
-                                         "recommend_seconds": round(seconds, 2)}
+                                         "recommend_seconds": round(seconds, 2), "history": history_seen(rec)}
             kref, top = E.reference_k(a.ks), scored["by_domain"]["all"]
             log.info("%s: HR@%d %.4f NDCG@%d %.4f (fit %.0f s, recommend %.1f s)", rec.name, kref,
                      top[f"hr@{kref}"], kref, top[f"ndcg@{kref}"], fit_seconds, seconds)
@@ -457,22 +539,27 @@ def run_eval(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(a.threads)
     faiss.omp_set_num_threads(a.threads)
     dataset = load_rec_dataset(a.dataset)
-    a = resolve_history_len(a, dataset)
-    embeddings = None
-    if a.embeddings:
-        from data_builders.embeddings import load_item_embeddings
-
-        embeddings, _ = load_item_embeddings(a.embeddings, dataset=dataset)
+    a = resolve_history_len(replace(a, ks=sorted(a.ks)), dataset)
+    embeddings = load_embeddings(a, dataset)
     train_rows = [r for s in a.train_splits for r in dataset.splits[s].to_list()]
     rows = E.EvalRows.from_split(dataset.splits[a.split], a.max_rows, a.seed)
     rule = CandidateRule(same_domain=a.same_domain, exclude_history=a.exclude_history)
+    E.check_ks(a.ks, Catalogue.from_dataset(dataset, a.seed), rule)
+    if {"generative", "generative_rerank"} & set(a.methods):
+        check_checkpoint(a, dataset, rows, rule)
+    prebuilt = {}
+    if "predictions" in a.methods:  # read and check every predictions file now, not after the other methods
+        prebuilt["predictions"] = build_predictions(a, rule)
+        for rec in prebuilt["predictions"]:
+            rec.fit(dataset, train_rows, embeddings)
     log.info("%d %s rows; fitting on %s (%d rows); methods %s; history_len %d", len(rows.queries), a.split,
              a.train_splits, len(train_rows), a.methods, a.history_len)
 
     head = {
         "format": FORMAT, "dataset": a.dataset, "dataset_hash": dataset.dataset_hash, "split": a.split,
         "eval_rows": len(rows.queries), "split_rows": len(dataset.splits[a.split]), "train_splits": a.train_splits,
-        "train_rows": len(train_rows), "ks": a.ks, "rules": rules_text(a),
+        "train_rows": len(train_rows), "ks": a.ks, "rules": rules_text(a), "history_len": a.history_len,
+        "dataset_max_history": (dataset.meta.get("config") or {}).get("max_history"),
         "published": published_table(dataset.meta), "dataset_notes": dataset_notes(dataset.meta),
         "command": "python -m eval.run " + shlex.join(argv), "seeds": {"seed": a.seed},
         "dataset_command": dataset.meta.get("command", ""),
@@ -486,7 +573,8 @@ def run_eval(argv: list[str] | None = None) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         write_json(partial, {**head, **parts, "partial": True})
 
-    metrics = {**head, **evaluate_methods(a, dataset, train_rows, embeddings, rows, rule, on_method=save_partial)}
+    metrics = {**head, **evaluate_methods(a, dataset, train_rows, embeddings, rows, rule, on_method=save_partial,
+                                          prebuilt=prebuilt)}
     merge_included(metrics, a.include_metrics, a.include_methods)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", metrics)
@@ -498,6 +586,7 @@ def run_eval(argv: list[str] | None = None) -> dict:
     print(paths["report"].read_text(encoding="utf-8").split("## Per-row")[0])
     print(f"wrote {out / 'metrics.json'}, {paths['report']}, {paths['hr_curve'].name}, {paths['slices'].name}")
     return metrics
+
 
 if __name__ == "__main__":
     sys.exit(main())

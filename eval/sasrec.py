@@ -36,7 +36,7 @@ class SASRecConfig:
     dim: int = 64
     layers: int = 2
     heads: int = 2
-    max_len: int = 10  # the published rows keep the last 10 history items
+    max_len: int = 10  # newest history items seen; eval.run sets it from `history_len` (default: the dataset's)
     dropout: float = 0.2
     positions: str = "learned"  # learned | rope
     norm: str = "layernorm"  # layernorm | rmsnorm
@@ -51,6 +51,7 @@ class SASRecConfig:
     lr: float = 1.0e-3
     weight_decay: float = 0.0
     seed: int = 0
+    time_budget_minutes: float = 0.0  # > 0: stop after the epoch that passes it (eval/training.py)
 
     def __post_init__(self) -> None:
         choices = {"positions": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"),
@@ -221,7 +222,8 @@ class SASRecRecommender:
             if self.epoch_hook is not None:
                 self.epoch_hook(epoch)
 
-        settings = TrainSettings(cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.seed)
+        settings = TrainSettings(cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.seed,
+                                 cfg.time_budget_minutes)
         lengths = (inputs != PAD).sum(1)  # [R]
         self.train_log = train_loop(self.model, lengths, batch_loss, settings, gen, self.name, on_epoch)
         self.train_log["examples"] = len(inputs)

@@ -41,7 +41,7 @@ class STARSConfig:
     dim: int = 64
     layers: int = 2
     heads: int = 2
-    max_len: int = 10
+    max_len: int = 10  # newest history items seen; eval.run sets it from `history_len` (default: the dataset's)
     dropout: float = 0.2
     tags: bool = True  # brand + categories as multi-hot tags
     tag_min_count: int = 3  # rarer tags are dropped (they would be per-item ids in disguise)
@@ -52,6 +52,7 @@ class STARSConfig:
     lr: float = 1.0e-3
     weight_decay: float = 0.0
     seed: int = 0
+    time_budget_minutes: float = 0.0  # > 0: stop after the epoch that passes it (eval/training.py)
 
 
 def item_tags(brands: Sequence[str], categories: Sequence[Sequence[str]],
@@ -155,7 +156,8 @@ class STARSRecommender:
             user = self.model(batch, items)[:, None]  # [B, 1, D]
             return softmax.full_loss(user, items, labels[idx], row_domain[idx], self.model.item_bias())
 
-        settings = TrainSettings(cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.seed)
+        settings = TrainSettings(cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.seed,
+                                 cfg.time_budget_minutes)
         self.train_log = train_loop(self.model, (tokens != PAD).sum(1), batch_loss, settings, gen, self.name,
                                     self.epoch_hook)
         self.train_log.update(examples=len(tokens), tags=len(vocab), alpha=round(self.model.alpha.item(), 4),

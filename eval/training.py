@@ -122,6 +122,7 @@ class TrainSettings:
     lr: float = 1.0e-3
     weight_decay: float = 0.0
     seed: int = 0
+    time_budget_minutes: float = 0.0  # > 0: stop after the first epoch that ends past this wall-clock budget
 
 
 def length_batches(lengths: torch.Tensor, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -148,7 +149,8 @@ def train_loop(model: torch.nn.Module, lengths: torch.Tensor, batch_loss: Callab
                on_epoch: Callable[[int], None] | None = None) -> dict:
     """AdamW over length-bucketed shuffled mini-batches; ``batch_loss(example_indices, epoch) -> scalar``.
 
-    lengths: [R] history length per example. Returns ``{"epoch_losses", "seconds"}``.
+    lengths: [R] history length per example. Returns ``{"epoch_losses", "seconds", "epoch_seconds"}``, plus
+    ``"stopped_by_time_budget": True`` when ``settings.time_budget_minutes`` ended training before ``epochs``.
     """
     # Every parameter goes to the optimiser: one frozen for a few epochs (requires_grad False) gets no grad and
     # AdamW skips it, so unfreezing later needs no new optimiser.
@@ -168,8 +170,21 @@ def train_loop(model: torch.nn.Module, lengths: torch.Tensor, batch_loss: Callab
             total, steps = total + loss.item(), steps + 1
         losses.append(total / max(steps, 1))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        elapsed = time.perf_counter() - start
+        if settings.time_budget_minutes and elapsed >= 60 * settings.time_budget_minutes and \
+                epoch + 1 < settings.epochs:
+            log.warning("%s: time budget of %g min used after %d of %d epochs (%.0f s per epoch)", desc,
+                        settings.time_budget_minutes, epoch + 1, settings.epochs, elapsed / (epoch + 1))
+            stopped = True
+            break
+    else:
+        stopped = False
+    bar.close()
     model.eval()
-    return {"epoch_losses": [round(x, 4) for x in losses], "seconds": round(time.perf_counter() - start, 2)}
+    seconds = time.perf_counter() - start
+    out = {"epoch_losses": [round(x, 4) for x in losses], "seconds": round(seconds, 2),
+           "epoch_seconds": round(seconds / max(len(losses), 1), 2)}
+    return {**out, "stopped_by_time_budget": True} if stopped else out
 
 
 @torch.inference_mode()

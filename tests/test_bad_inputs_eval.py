@@ -52,8 +52,59 @@ def corrupt_copy(tiny, tmp_path: Path, which: int, name: str, content: str) -> P
     return dst
 
 
+def fake_checkpoint(tiny, tmp_path: Path, **meta) -> str:
+    """A directory that passes as an SFT checkpoint up to its genrec_sft.json (no weights: nothing may load them)."""
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    if "raw" in meta:
+        (ckpt / "genrec_sft.json").write_text(meta["raw"])
+    else:
+        dataset_hash = json.loads((tiny[0] / "meta.json").read_text())["dataset_hash"]
+        (ckpt / "genrec_sft.json").write_text(json.dumps({"dataset_hash": dataset_hash, **meta}))
+    return str(ckpt)
+
+
+def generative(tiny, tmp_path: Path, *extra: str, **meta) -> list[str]:
+    return ["--methods", "popularity", "generative", "--generative_checkpoint", fake_checkpoint(tiny, tmp_path, **meta),
+            *extra]
+
+
+def predictions(tmp_path: Path, content: str | bytes) -> list[str]:
+    return ["--methods", "popularity", "predictions", "--predictions_files", f"p={write(tmp_path / 'p.jsonl', content)}"]
+
+
 # id, extra args (callable of (tiny, tmp_path) or list), expected substring of the error line
 CASES = [
+    ("dataset_left_out", ["--dataset", ""], "dataset: is required"),
+    ("output_dir_left_out", ["--output_dir", ""], "output_dir: is required"),
+    ("time_budget_negative", ["--methods", "sasrec", "--sasrec_time_budget_minutes", "-1"],
+     "`sasrec_time_budget_minutes` must be in [0, inf]"),
+    ("short_history_negative", ["--short_history_max", "-1"], "`short_history_max` must be in [0, inf]"),
+    ("predictions_not_utf8", lambda t, p: predictions(p, b'{"row": 0, "items": ["x"]}\n\xff\xfe\n'),
+     "p.jsonl, line 2: not UTF-8 text"),
+    ("predictions_not_json", lambda t, p: predictions(p, '{"row": 0, "items": ["x"]}\n{row: 1}\n'),
+     "p.jsonl, line 2: not JSON"),
+    ("predictions_not_object", lambda t, p: predictions(p, '[0, ["x"]]\n'), "line 1: expected a JSON object"),
+    ("predictions_empty_items", lambda t, p: predictions(p, '{"row": 0, "items": []}\n'),
+     "line 1: empty 'items' list for row 0"),
+    ("predictions_incomplete", lambda t, p: predictions(p, '{"row": 0, "items": ["x"]}\n'),
+     "no prediction for 39 of 40 test rows"),
+    ("include_corrupt", lambda t, p: ["--include_metrics", str(write(p / "m.json", '{"format": '))],
+     "m.json, line 1: metrics file is not valid JSON"),
+    ("include_not_metrics", lambda t, p: ["--include_metrics", str(write(p / "m.json", "[1, 2]"))],
+     "not an eval metrics file"),
+    ("checkpoint_of_other_dataset", lambda t, p: generative(t, p, dataset_hash="0" * 64),
+     "was trained on dataset 000000000000"),
+    ("checkpoint_meta_corrupt", lambda t, p: generative(t, p, raw="{"), "SFT checkpoint meta is not valid JSON"),
+    ("checkpoint_sid_dir_missing", lambda t, p: generative(t, p, sid_dir="/nonexistent/sids"),
+     "/nonexistent/sids: SID artifact of"),
+    ("beams_below_request_with_exclude_history",
+     lambda t, p: generative(t, p, "--exclude_history", "true", "--generative_num_beams", "10"),
+     "generative_num_beams: 10 beams cannot fill the"),
+    ("embeddings_unused_of_other_data", lambda t, p: ["--embeddings", str(corrupt_copy(
+        t, p, 1, "meta.json", json.dumps({"format": "genrec-embeddings/1", "n_items": 40, "dim": 16,
+                                          "dataset_hash": "0" * 64})))],
+     "embeddings (no configured method uses them"),
     ("ks_zero", ["--ks", "0", "5"], "every K must be >= 1"),
     ("ks_empty_dup", ["--ks", "5", "5"], "ks: has duplicates"),
     ("ks_too_large", ["--ks", "5", "50"], "K=50 is larger than the catalogue"),
@@ -120,7 +171,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny, tmp_path, capsys,
 
 
 def test_enough_cases():
-    assert len(CASES) >= 25
+    assert len(CASES) >= 45
 
 
 @pytest.mark.parametrize("ks", [["1", "3", "5"], ["5", "20"], ["2"]])
@@ -182,3 +233,23 @@ def test_history_len_defaults_to_the_dataset_and_reaches_the_models(tmp_path):
     assert run.dense_config(resolved, "mini_xpert").history_len == 20
     explicit = run.resolve_history_len(run.EvalArgs(history_len=5), load_rec_dataset(tmp_path / "d"))
     assert run.sasrec_config(explicit, semantic=False).max_len == 5
+
+
+@pytest.mark.parametrize("bad", ["predictions", "checkpoint"])
+def test_late_inputs_are_checked_before_any_method_fits(tiny, tmp_path, monkeypatch, capsys, bad):
+    """Item 9: a bad predictions file or a checkpoint of other data used to fail only after SASRec had trained."""
+    from eval.recommenders import PopularityRecommender
+
+    fitted = []
+    monkeypatch.setattr(PopularityRecommender, "fit", lambda self, *a: fitted.append(self.name))
+    extra = (predictions(tmp_path, '{"row": 0, "items": ["x"]}\n') if bad == "predictions"
+             else generative(tiny, tmp_path, dataset_hash="0" * 64))
+    assert run.main(base(tiny, tmp_path / "out") + extra) == 2
+    assert "error: " in capsys.readouterr().err and fitted == []
+
+
+def test_unsorted_ks_are_sorted(tiny, tmp_path):
+    metrics = run.run_eval(base(tiny, tmp_path / "e") + ["--ks", "10", "1", "5"])
+    assert metrics["ks"] == [1, 5, 10]
+    report = (tmp_path / "e" / "report.md").read_text()
+    assert "| HR@1 | NDCG@1 | HR@5 | NDCG@5 | HR@10 | NDCG@10 |" in report

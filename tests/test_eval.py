@@ -145,7 +145,7 @@ def test_empty_prediction_list_is_an_error(tiny, tmp_path):
     lines = path.read_text().splitlines()
     lines[0] = json.dumps({"row": 0, "items": []})
     path.write_text("\n".join(lines))
-    with pytest.raises(ValueError, match="p: empty recommendation list for row 0"):
+    with pytest.raises(ValueError, match="line 1: empty 'items' list for row 0"):
         cli(tiny, tmp_path / "eval", "--methods", "predictions", "--predictions_files", str(path))
 
 

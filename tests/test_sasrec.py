@@ -147,3 +147,16 @@ def test_shifted_examples_labels():
     assert inputs.tolist() == [[0, 0, 1, 2]]  # tokens are rows + 1; 0 = padding
     assert labels.tolist() == [[0, 0, 2, 3]]  # no loss where the input is padding
     assert encode_histories([["a", "zzz", "c"]], index, 2).tolist() == [[1, 3]]  # unknown ids dropped
+
+
+def test_time_budget_stops_after_the_epoch_that_passes_it():
+    """Issue #11 item 13: on a large dataset the epoch count of the small one can be capped by wall-clock time."""
+    train = successor_task(200, seed=1)
+    rec = SASRecRecommender(SASRecConfig(**{**FAST, "epochs": 5, "time_budget_minutes": 1e-9}), CandidateRule())
+    rec.fit(fake_dataset(), train, None)
+    assert len(rec.train_log["epoch_losses"]) == 1 and rec.train_log["stopped_by_time_budget"] is True
+    assert rec.train_log["epoch_seconds"] > 0
+    full = SASRecRecommender(SASRecConfig(**{**FAST, "epochs": 2, "time_budget_minutes": 60}), CandidateRule())
+    full.fit(fake_dataset(), train, None)
+    assert len(full.train_log["epoch_losses"]) == 2 and "stopped_by_time_budget" not in full.train_log
+

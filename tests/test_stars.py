@@ -76,3 +76,10 @@ def test_stars_needs_embeddings():
 def test_queries_type_is_hashable_and_has_no_target():
     q = Query(0, "u", "D", ("D:1",))
     assert not hasattr(q, "target") and hash(q)
+
+
+def test_stars_time_budget_stops_early():
+    """Issue #11 item 13: the STARS epoch count can be capped by wall-clock time."""
+    rec = STARSRecommender(STARSConfig(**{**FAST, "epochs": 4, "time_budget_minutes": 1e-9}), CandidateRule())
+    rec.fit(fake_dataset(), successor_task(100, seed=1), text_embeddings(24))
+    assert len(rec.train_log["epoch_losses"]) == 1 and rec.train_log["stopped_by_time_budget"] is True
