@@ -111,6 +111,12 @@ def protocol(train_splits) -> str:
     return f"trained on {splits}"
 
 
+def protocol_tag(train_splits) -> str:
+    """Short protocol label for a row's name: "train only" (the published protocol), "train + valid", ..."""
+    splits = list(train_splits)
+    return "train only" if splits == ["train"] else " + ".join(splits)
+
+
 def per_user_table(metrics: dict) -> str:
     k = reference_k(metrics["ks"])
     lines = [f"| method | domain | HR@{k} per row | HR@{k} per user | NDCG@{k} per row | NDCG@{k} per user | users |",
@@ -186,8 +192,11 @@ def setup_text(m: dict) -> str:
         f"({m['eval_rows']} rows{sample_note(m)}), full-catalogue ranking within the row's domain: {rule['same_domain']}.",
         f"- **Protocol: {protocol(m['train_splits'])}** — splits {m['train_splits']} = {m['train_rows']} rows.",
         *[f"- Data: {n}." for n in notes],
-        *([f"- The published models trained on the original ~36k/38k train rows; these on {m['train_rows']} rows."]
-          if published else []),
+        *([f"- The published models trained on the original ~36k/38k train rows only (published protocol); these "
+           f"on {m['train_rows']} rows ({protocol(m['train_splits'])})."] if published else []),
+        *([f"- Rows marked `[{protocol_tag(s)}]` come from another run trained on {s} "
+           f"({protocol(s)}): {', '.join(n for n, t in m['other_protocols'].items() if t == s)}."
+           for s in unique_splits(m.get("other_protocols", {}))]),
         f"- coverage@{kref}: share of the domain's catalogue that appears in at least one top-{kref} list.",
         *([history_note(m)] if m.get("history_len") else []),
         f"- History items excluded from recommendations: {rule['exclude_history']} (same rule for every method).",
@@ -203,6 +212,14 @@ def history_note(m: dict) -> str:
     return (f"- History: the sequence models see the newest {m['history_len']} items of each row (`history_len`"
             + (f"; the dataset kept up to {kept}" if kept else "") + "); what each method saw is in the Training "
             "table's `history` column.")
+
+
+def unique_splits(by_method: dict[str, list[str]]) -> list[list[str]]:
+    out: list[list[str]] = []
+    for splits in by_method.values():
+        if splits not in out:
+            out.append(splits)
+    return out
 
 
 def write_report(metrics: dict, out_dir: str | Path) -> dict[str, Path]:

@@ -26,7 +26,7 @@ from eval import evaluate as E
 from eval.published import dataset_notes, published_table
 from eval.recommenders import (CandidateRule, Catalogue, PopularityRecommender, PredictionsRecommender, Recommender,
                                item_target_counts)
-from eval.report import FORMAT, load_metrics, write_report
+from eval.report import FORMAT, load_metrics, protocol_tag, write_report
 from eval.slices import slice_masks
 
 log = logging.getLogger("eval.run")
@@ -479,8 +479,13 @@ def merge_included(metrics: dict, paths: list[str], only: list[str] | None = Non
         missing = sorted(set(only or []) - set(names))
         if missing:
             raise UserError(f"{path}: has no methods {missing} (it has {names})")
+        # Rows trained under another protocol (other train_splits) carry it in their name: never an unlabelled mix.
+        splits = list(other.get("train_splits") or [])
+        tag = "" if splits == list(metrics["train_splits"]) else f" [{protocol_tag(splits)}]"
         for name in [n for n in names if not only or n in only]:
-            new = name if name not in metrics["methods"] else f"{name} ({path})"
+            new = name + tag if name + tag not in metrics["methods"] else f"{name}{tag} ({path})"
+            if tag:
+                metrics.setdefault("other_protocols", {})[new] = splits
             for part in ("methods", "per_user", "slices", "latency_ms", "training"):
                 metrics[part][new] = other.get(part, {}).get(name)
             metrics["method_order"].append(new)

@@ -220,3 +220,15 @@ def test_max_rows_evaluates_a_seeded_sample_with_split_indices():
     assert [q.row for q in a.queries] == [q.row for q in b.queries] and len(a.queries) == 10
     assert all(a.targets[j] == f"t{q.row}" for j, q in enumerate(a.queries))  # targets stay aligned
     assert len(EvalRows.from_split(table).queries) == 50
+
+
+def test_included_rows_of_another_protocol_are_labelled(tiny, tmp_path):
+    """Issue #11 item 14: a train-only run merged into a train + valid report must say which protocol each row used."""
+    cli(tiny, tmp_path / "train_only", "--methods", "popularity", "--train_splits", "train")
+    merged = cli(tiny, tmp_path / "both", "--methods", "popularity",
+                 "--include_metrics", str(tmp_path / "train_only" / "metrics.json"))
+    assert merged["method_order"] == ["popularity", "popularity [train only]"]
+    assert merged["other_protocols"] == {"popularity [train only]": ["train"]}
+    report = (tmp_path / "both" / "report.md").read_text()
+    assert "| popularity [train only] |" in report
+    assert "Rows marked `[train only]` come from another run trained on ['train'] (published protocol" in report
