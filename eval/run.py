@@ -394,8 +394,13 @@ def check_checkpoint(a: EvalArgs, dataset, rows: "E.EvalRows", rule: CandidateRu
           f"{a.generative_checkpoint} was trained on dataset {str(trained_on)[:12]}, but `dataset` {a.dataset} is "
           f"{dataset.dataset_hash[:12]}; evaluate it on the dataset it was trained on")
     if meta.get("sid_dir"):
-        require_dir(meta["sid_dir"], f"SID artifact of {a.generative_checkpoint} (sid_dir in genrec_sft.json)",
-                    containing="meta.json")
+        sid_dir = require_dir(meta["sid_dir"], f"SID artifact of {a.generative_checkpoint} (sid_dir in "
+                                               "genrec_sft.json)", containing="meta.json")
+        sid_meta = read_json_file(sid_dir / "meta.json", "SID artifact meta")
+        built_from = (sid_meta.get("inputs") or {}).get("dataset_hash") if isinstance(sid_meta, dict) else None
+        check(built_from in (None, dataset.dataset_hash), where,
+              f"its SID artifact {sid_dir} was built from dataset {str(built_from)[:12]}, but `dataset` "
+              f"{a.dataset} is {dataset.dataset_hash[:12]}")
     if a.generative_num_beams and "generative" in a.methods:
         catalogue = Catalogue.from_dataset(dataset, a.seed)
         need = E.request_size(a.ks, rule, max((len(q.history) for q in rows.queries), default=0))

@@ -98,6 +98,9 @@ CASES = [
     ("checkpoint_meta_corrupt", lambda t, p: generative(t, p, raw="{"), "SFT checkpoint meta is not valid JSON"),
     ("checkpoint_sid_dir_missing", lambda t, p: generative(t, p, sid_dir="/nonexistent/sids"),
      "/nonexistent/sids: SID artifact of"),
+    ("checkpoint_sids_of_other_dataset", lambda t, p: generative(t, p, sid_dir=str(write(
+        p / "sids" / "meta.json", json.dumps({"inputs": {"dataset_hash": "0" * 64}})).parent)),
+     "its SID artifact"),
     ("beams_below_request_with_exclude_history",
      lambda t, p: generative(t, p, "--exclude_history", "true", "--generative_num_beams", "10"),
      "generative_num_beams: 10 beams cannot fill the"),
