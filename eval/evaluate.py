@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from data_builders.cli import UserError
 from eval import metrics as M
-from eval.recommenders import CandidateRule, Catalogue, Query, Recommender, apply_rule
+from eval.recommenders import CandidateRule, Catalogue, Query, RankedList, Recommender, apply_rule, candidate_counts
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ class EvalRows:
 
 
 def collect_lists(rec: Recommender, rows: EvalRows, k: int, batch_size: int) -> tuple[list[list[str]], float]:
-    """``rec``'s lists for every row (raw, as returned) and the seconds it took. Empty lists are an error."""
+    """``rec``'s lists for every row (raw, as returned; a :class:`RankedList` keeps its scores) and the seconds it
+    took. Empty lists are an error."""
     lists: list[list[str]] = []
     start = time.perf_counter()
     for s in tqdm(range(0, len(rows.queries), batch_size), desc=f"{rec.name}: recommend", unit="batch"):
@@ -56,7 +57,7 @@ def collect_lists(rec: Recommender, rows: EvalRows, k: int, batch_size: int) -> 
         out = rec.recommend(batch, k)
         if len(out) != len(batch):
             raise ValueError(f"{rec.name}: returned {len(out)} lists for {len(batch)} rows")
-        lists.extend(list(items) for items in out)
+        lists.extend(items if isinstance(items, RankedList) else list(items) for items in out)
     for i, items in enumerate(lists):
         if not items:
             q = rows.queries[i]
@@ -82,7 +83,8 @@ def measure_latency(rec: Recommender, rows: EvalRows, k: int, n: int, seed: int)
 
 def score_lists(lists: list[list[str]], rows: EvalRows, catalogue: Catalogue, rule: CandidateRule,
                 ks: Sequence[int], slices: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Metrics of raw lists: invalid/duplicate rates on the raw lists, ranking metrics after the candidate rule.
+    """Metrics of raw lists: invalid/duplicate rates on the raw lists, ranking metrics after the candidate rule
+    (scored lists: every tie counted against the target, eval/metrics.py).
 
     Returns ``{"by_domain": {domain | "all": {...}}, "per_user": {...}, "slices": {...}}``.
     """
@@ -90,7 +92,7 @@ def score_lists(lists: list[list[str]], rows: EvalRows, catalogue: Catalogue, ru
     kmax, kref = max(ks), reference_k(ks)
     raw_top = [M.dedup_first(items)[:kmax] for items in lists]
     filtered = apply_rule(lists, rows.queries, rule, catalogue)
-    ranks = M.target_ranks(filtered, rows.targets)  # [R]
+    ranks = M.target_ranks(filtered, rows.targets, candidate_counts(rows.queries, catalogue, rule))  # [R]
     users, domains = rows.users, rows.domains
     by_domain, per_user = {}, {}
     for dom in ["all", *sorted(set(domains))]:

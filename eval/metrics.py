@@ -14,8 +14,11 @@ Rules (the same for every method):
 
 * Rows are averaged uniformly ("per row", as the published table does); :func:`per_user_mean` averages each user's
   rows first and then the users.
-* Score-based models break ties before they produce a list; :func:`pessimistic_rank` is the reference rule for
-  ranking a target inside a score vector (every tie counts against the target).
+* **Ties never favour the target.** A score-based method returns a :class:`~eval.recommenders.RankedList` (its ids
+  with the score of each); the target then ranks after every candidate with the same score, as
+  :func:`pessimistic_rank` ranks it inside the full score vector (:func:`tied_rank`). Which of several tied items
+  fill the list's last places is decided by the catalogue's seeded order, but the target gains nothing from it: a
+  constant-score model never hits. Plain lists (generative decoding, predictions files) are ranked by position.
 """
 
 from __future__ import annotations
@@ -32,10 +35,13 @@ def dedup_first(items: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def target_ranks(ranked: Sequence[Sequence[str]], targets: Sequence[str]) -> np.ndarray:
+def target_ranks(ranked: Sequence[Sequence[str]], targets: Sequence[str],
+                 candidates: Sequence[int] | None = None) -> np.ndarray:
     """1-based rank of each row's target in its de-duplicated list; ``inf`` when absent.
 
-    ranked: R lists of item ids (best first); targets: R ids. Returns float64 [R].
+    ranked: R lists of item ids (best first); targets: R ids. Returns float64 [R]. A list with a ``scores``
+    attribute (a :class:`~eval.recommenders.RankedList`) is ranked by :func:`tied_rank` (ties against the target);
+    ``candidates`` [R] = how many items each row ranks among (unknown: a tie reaching a list's end is a miss).
 
     >>> target_ranks([["x", "x", "t"], ["t"], ["y"]], ["t", "t", "t"]).tolist()
     [2.0, 1.0, inf]
@@ -44,10 +50,49 @@ def target_ranks(ranked: Sequence[Sequence[str]], targets: Sequence[str]) -> np.
         raise ValueError(f"{len(ranked)} recommendation lists for {len(targets)} targets")
     ranks = np.full(len(targets), np.inf)
     for i, (items, target) in enumerate(zip(ranked, targets)):
+        scores = getattr(items, "scores", None)
+        if scores is not None:
+            ranks[i] = tied_rank(items, scores, target, None if candidates is None else int(candidates[i]),
+                                 getattr(items, "next_score", None))
+            continue
         unique = dedup_first(items)
         if target in unique:
             ranks[i] = unique.index(target) + 1
     return ranks
+
+
+def tied_rank(items: Sequence[str], scores: Sequence[float], target: str, candidates: int | None,
+              next_score: float | None = None) -> float:
+    """The target's rank in a score-ranked top list with every tie counted against it; ``inf`` when absent.
+
+    items: the top of one score ranking (best first, repeats ignored) with ``scores`` aligned; candidates: how many
+    items the row ranks among; next_score: a bound on the score of every candidate not listed (``-inf``: none is
+    left out; None: the last listed score). rank = #{listed items scoring ≥ the target} (itself included), i.e.
+    :func:`pessimistic_rank` restricted to the list — unless an unlisted item may tie with the target
+    (``next_score`` ≥ its score): then every candidate counts against it (rank = ``candidates``; ``inf`` when
+    unknown), so a model that scores everything the same ranks the target last, never at a lucky list position.
+
+    >>> tied_rank(["a", "t", "b", "c"], [0.9, 0.5, 0.5, 0.1], "t", 10)   # b ties against t
+    3.0
+    >>> tied_rank(["a", "t", "b"], [0.5, 0.5, 0.5], "t", 10)             # 7 unlisted items may tie too
+    10.0
+    >>> tied_rank(["a", "t", "b"], [0.5, 0.5, 0.5], "t", 10, next_score=0.2)  # the 4th best scores lower
+    3.0
+    """
+    if len(items) != len(scores):
+        raise ValueError(f"{len(items)} items but {len(scores)} scores")
+    first: dict[str, float] = {}
+    for item, score in zip(items, scores):
+        first.setdefault(item, float(score))
+    if target not in first:
+        return float("inf")
+    values = np.fromiter(first.values(), dtype=np.float64, count=len(first))
+    s = first[target]
+    if next_score is None:
+        next_score = float(scores[-1])
+    if next_score >= s and (candidates is None or len(values) < candidates):
+        return float("inf") if candidates is None else float(candidates)
+    return float(np.sum(values >= s))
 
 
 def hit_rate(ranks: np.ndarray, k: int) -> np.ndarray:

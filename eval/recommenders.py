@@ -14,6 +14,10 @@ file, one line per evaluated row::
     {"meta": {"dataset_hash": "908709bd...", "split": "test", "name": "genrec"}}     # optional first line
     {"row": 0, "items": ["Office_Products:12", "Office_Products:7", ...]}           # row = index in the split
     {"domain": "Office_Products", "source_row": 17, "items": [...]}                 # or the published row id
+    {"row": 1, "items": ["Office_Products:3", ...], "scores": [4.0, 4.0, ...]}     # optional: the ranking scores
+
+Lists are ranked by position; with ``scores`` (one number per item, best first) the target also ranks after every
+item with its score, as for the score-based methods here (eval/metrics.py).
 """
 
 from __future__ import annotations
@@ -76,8 +80,10 @@ class Catalogue:
         self.domain_of = dict(zip(self.item_ids, domains))
         self.domains = sorted(set(domains))
         self.domain_ids = np.array([self.domains.index(d) for d in domains])  # [N]
-        # Ties are broken by a fixed random order of the items, not by id or row: row order follows the source's
-        # id assignment (often time of first appearance), which correlates with the targets.
+        # Which of several tied items fill a list's last places: a fixed random order of the items, not id or row
+        # order (row order follows the source's id assignment, often time of first appearance, which correlates
+        # with the targets). The target's own rank never profits from it: lists carry their scores (RankedList)
+        # and the evaluator counts every tie against the target (eval/metrics.py).
         self.tie_order = np.random.default_rng(tie_seed).permutation(len(self.item_ids))  # position -> item row
         self.tie_position = np.argsort(self.tie_order)  # item row -> position
 
@@ -97,6 +103,44 @@ class Catalogue:
             if rule.exclude_history:
                 mask[b, [self.index[i] for i in q.history if i in self.index]] = False
         return mask
+
+
+class RankedList(list):
+    """A recommendation list (item ids, best first) that also carries the score each entry was ranked by.
+
+    Score-based methods return these, so the evaluator can rank the target after every item with the same score
+    (:func:`eval.metrics.tied_rank`); everything else treats it as a plain list. ``next_score`` bounds the score of
+    every candidate left out (``-inf``: the list holds all of them; default: the last listed score, i.e. unlisted
+    items may tie with it). Slices keep the scores and raise ``next_score`` to the best entry they drop.
+    """
+
+    def __init__(self, items: Sequence[str], scores: Sequence[float], next_score: float | None = None):
+        super().__init__(items)
+        self.scores = np.asarray(scores, dtype=np.float64)
+        if self.scores.shape != (len(self),):
+            raise ValueError(f"{len(self)} items but scores of shape {self.scores.shape}")
+        if next_score is None:
+            next_score = float(self.scores[-1]) if len(self) else -np.inf
+        self.next_score = float(next_score)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if not isinstance(i, slice):
+            return list.__getitem__(self, i)
+        dropped = np.ones(len(self), dtype=bool)
+        dropped[i] = False
+        bound = max([self.next_score, *self.scores[dropped].tolist()])
+        return RankedList(list.__getitem__(self, i), self.scores[i], bound)
+
+
+def ranked_lists(scores: np.ndarray, k: int, catalogue: "Catalogue") -> list[RankedList]:
+    """:func:`top_k_from_scores` as item ids with their scores; one more is ranked, so each list knows the best
+    score it leaves out (``next_score``). scores: [B, N] (``-inf`` = not allowed)."""
+    ids = catalogue.item_ids
+    out = []
+    for b, top in enumerate(top_k_from_scores(scores, k + 1, catalogue.tie_order)):
+        complete = len(top) <= k  # fewer than k + 1 allowed items: nothing is left out
+        out.append(RankedList([ids[i] for i in top], scores[b, top], -np.inf if complete else None)[:k])
+    return out
 
 
 def top_k_from_scores(scores: np.ndarray, k: int, tie_order: np.ndarray) -> list[np.ndarray]:
@@ -142,8 +186,29 @@ def inner_product_scores(users: np.ndarray, items: np.ndarray, candidates: Seque
 
 def apply_rule(lists: list[list[str]], queries: Sequence[Query], rule: CandidateRule,
                catalogue: Catalogue) -> list[list[str]]:
-    """Drop the entries the candidate rule forbids (cross-domain, history) from each list, keeping order."""
-    return [[item for item in items if rule.keep(q, item, catalogue.domain_of)] for items, q in zip(lists, queries)]
+    """Drop the entries the candidate rule forbids (cross-domain, history) from each list, keeping order (and the
+    scores of a :class:`RankedList`)."""
+    out: list[list[str]] = []
+    for items, q in zip(lists, queries):
+        keep = [rule.keep(q, item, catalogue.domain_of) for item in items]
+        kept = [item for item, ok in zip(items, keep) if ok]
+        out.append(RankedList(kept, items.scores[np.array(keep, dtype=bool)], items.next_score)
+                   if isinstance(items, RankedList) else kept)  # dropped entries are no candidates: same bound
+    return out
+
+
+def candidate_counts(queries: Sequence[Query], catalogue: Catalogue, rule: CandidateRule) -> np.ndarray:
+    """[B] how many items the rule lets each query rank among (its domain's items, less its history if excluded)."""
+    sizes = np.bincount(catalogue.domain_ids, minlength=len(catalogue.domains))
+    out = np.empty(len(queries), dtype=np.int64)
+    for b, q in enumerate(queries):
+        same = rule.same_domain and q.domain in catalogue.domains
+        n = int(sizes[catalogue.domains.index(q.domain)]) if same else len(catalogue)
+        if rule.exclude_history:
+            n -= sum(1 for i in set(q.history)
+                     if i in catalogue.index and (not same or catalogue.domain_of[i] == q.domain))
+        out[b] = n
+    return out
 
 
 def item_target_counts(train_rows: Sequence[dict]) -> Counter:
@@ -168,8 +233,7 @@ class PopularityRecommender:
 
     def recommend(self, queries: Sequence[Query], k: int) -> list[list[str]]:
         scores = np.where(self.catalogue.candidate_mask(queries, self.rule), self.scores[None, :], -np.inf)
-        ids = self.catalogue.item_ids
-        return [[ids[i] for i in top] for top in top_k_from_scores(scores, k, self.catalogue.tie_order)]
+        return ranked_lists(scores, k, self.catalogue)
 
 
 class PredictionsRecommender:
@@ -182,7 +246,7 @@ class PredictionsRecommender:
     def __init__(self, path: str, split: str, name: str = "", rule: CandidateRule | None = None):
         self.path, self.split = Path(path), split
         self.name = name or self.path.stem
-        self.by_row: dict[int, list[str]] = {}
+        self.by_row: dict[int, list[str]] = {}  # RankedList where the line had scores
 
     def fit(self, dataset: Any, train_rows: list[dict], embeddings: np.ndarray | None) -> None:
         rows = dataset.splits[self.split]
@@ -197,7 +261,9 @@ class PredictionsRecommender:
                                 "at least one item")
             if row in self.by_row:
                 raise UserError(f"{self.path}, line {line_no}: second prediction for row {row}")
-            self.by_row[row] = [str(i) for i in record["items"]]
+            items = [str(i) for i in record["items"]]
+            self.by_row[row] = (items if "scores" not in record else
+                                RankedList(items, prediction_scores(record, f"{self.path}, line {line_no}")))
         missing = sorted(set(range(len(rows))) - set(self.by_row))
         if missing:
             raise UserError(f"{self.path}: no prediction for {len(missing)} of {len(rows)} {self.split} rows, "
@@ -208,6 +274,18 @@ class PredictionsRecommender:
 
     def _unknown(self, query: Query) -> list[str]:
         raise KeyError(f"{self.path}: no prediction for {self.split} row {query.row} (user {query.user_id!r})")
+
+
+def prediction_scores(record: dict, where: str) -> list[float]:
+    """A predictions line's optional ``scores``: one number per item, not increasing (best first)."""
+    scores = record["scores"]
+    if not isinstance(scores, list) or len(scores) != len(record["items"]) or \
+            not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in scores):
+        raise UserError(f"{where}: 'scores' must be a list of {len(record['items'])} numbers, one per item")
+    values = np.array(scores, dtype=np.float64)
+    if np.isnan(values).any() or (np.diff(values) > 0).any():
+        raise UserError(f"{where}: 'scores' must be ordered best first (not increasing, no NaN)")
+    return scores
 
 
 def read_predictions(path: Path):

@@ -506,7 +506,8 @@ def rules_text(a: EvalArgs) -> dict:
     return {
         "same_domain": a.same_domain, "exclude_history": a.exclude_history,
         "ranking": "Duplicates removed (first occurrence kept); ids outside the catalogue count as misses and keep "
-                   "their rank position; score ties broken by a fixed random item order (seeded); one target per row, rank ρ: HR@K = 1[ρ≤K], NDCG@K = 1[ρ≤K]/log2(ρ+1), "
+                   "their rank position; score ties count against the target (it ranks after every item with its "
+                   "score); one target per row, rank ρ: HR@K = 1[ρ≤K], NDCG@K = 1[ρ≤K]/log2(ρ+1), "
                    "MRR@K = 1[ρ≤K]/ρ",
         "averaging": "per row (every evaluated row weighs the same, as in the published table); per-user "
                      "averages in `per_user`",

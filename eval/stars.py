@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from eval.recommenders import (CandidateRule, Catalogue, Query, apply_rule, inner_product_scores,
+from eval.recommenders import (CandidateRule, Catalogue, Query, RankedList, apply_rule, inner_product_scores,
                                item_target_counts)
 from eval.sasrec import Block, SASRecConfig
 from eval.training import (PAD, DomainSoftmax, TrainSettings, encode_histories, seed_everything, train_loop,
@@ -197,8 +197,10 @@ class STARSRecommender:
             scores, rows = self.index.search(users[todo], fetch)  # [T, fetch] each
             short = []
             for t, b in enumerate(todo):
-                ranked = self.tie_sorted(scores[t], rows[t])
-                kept = apply_rule([[ids[i] for i in ranked]], [queries[b]], self.rule, self.catalogue)[0]
+                ranked, ranked_scores = self.tie_sorted(scores[t], rows[t], with_scores=True)
+                # the scores travel with the list: the evaluator ranks ties against the target
+                hits = RankedList([ids[i] for i in ranked], ranked_scores, -np.inf if fetch == len(ids) else None)
+                kept = apply_rule([hits], [queries[b]], self.rule, self.catalogue)[0]
                 if len(kept) >= k or fetch == len(ids):
                     out[b] = kept[:k]
                 else:
@@ -211,8 +213,10 @@ class STARSRecommender:
         return inner_product_scores(self.user_vectors(queries), self.search_vectors, candidates,
                                     self.catalogue.index, self.name)
 
-    def tie_sorted(self, scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Order faiss hits by score, equal scores by the catalogue's tie order (faiss leaves ties unspecified)."""
+    def tie_sorted(self, scores: np.ndarray, rows: np.ndarray, with_scores: bool = False):
+        """Order faiss hits by score, equal scores by the catalogue's tie order (faiss leaves ties unspecified);
+        with ``with_scores`` also their scores, in that order."""
         valid = rows >= 0
         scores, rows = scores[valid], rows[valid]
-        return rows[np.lexsort((self.catalogue.tie_position[rows], -scores))]
+        order = np.lexsort((self.catalogue.tie_position[rows], -scores))
+        return (rows[order], scores[order]) if with_scores else rows[order]

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from eval.recommenders import CandidateRule, Catalogue, Query, top_k_from_scores
+from eval.recommenders import CandidateRule, Catalogue, Query, RankedList, ranked_lists
 
 log = logging.getLogger(__name__)
 PAD = 0
@@ -190,11 +190,11 @@ def train_loop(model: torch.nn.Module, lengths: torch.Tensor, batch_loss: Callab
 @torch.inference_mode()
 def recommend_from_vectors(user: torch.Tensor, items: torch.Tensor, item_bias: torch.Tensor | None,
                            queries: Sequence[Query], k: int, catalogue: Catalogue,
-                           rule: CandidateRule) -> list[list[str]]:
-    """Exact top-k by inner product among the rule's candidates. user [B, d]; items [N, d]; item_bias [N] or None."""
+                           rule: CandidateRule) -> list[RankedList]:
+    """Exact top-k by inner product among the rule's candidates (with their scores, for tie-aware ranking).
+    user [B, d]; items [N, d]; item_bias [N] or None."""
     scores = (user @ items.T).double().numpy()  # [B, N]
     if item_bias is not None:
         scores = scores + item_bias.double().numpy()[None, :]
     scores[~catalogue.candidate_mask(queries, rule)] = -np.inf
-    ids = catalogue.item_ids
-    return [[ids[i] for i in top] for top in top_k_from_scores(scores, k, catalogue.tie_order)]
+    return ranked_lists(scores, k, catalogue)

@@ -9,7 +9,8 @@
 :class:`ItemIndex` applies the candidate rule: a query only searches its domain's index, history items are dropped
 when the rule excludes them (fetching more until k survive), and equal scores are ordered by the catalogue's tie
 order — faiss leaves ties unspecified, so hits are fetched until the k-th score is strictly above the last fetched
-one. Nothing else is filtered.
+one. Nothing else is filtered. The lists carry their scores (``RankedList``): the evaluator ranks the target after
+every item with the same score.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Sequence
 import faiss
 import numpy as np
 
-from eval.recommenders import CandidateRule, Catalogue, Query
+from eval.recommenders import CandidateRule, Catalogue, Query, RankedList
 
 log = logging.getLogger(__name__)
 MIN_POINTS_PER_LIST = 39  # faiss warns (and k-means is poor) below 39 training points per centroid
@@ -118,13 +119,15 @@ class ItemIndex:
             for t, b in enumerate(todo):
                 items, complete = self._rank(scores[t], rows[local[t][local[t] >= 0]], queries[b], k)
                 if complete or fetch == n:
+                    if fetch == n:
+                        items.next_score = -np.inf  # the whole group was fetched: nothing unlisted can tie
                     out[b] = items[:k]
                 else:
                     again.append(b)
             todo, fetch = again, min(n, 4 * fetch)
         return out  # type: ignore[return-value]
 
-    def _rank(self, scores: np.ndarray, rows: np.ndarray, query: Query, k: int) -> tuple[list[str], bool]:
+    def _rank(self, scores: np.ndarray, rows: np.ndarray, query: Query, k: int) -> tuple[RankedList, bool]:
         """Hits ordered by (score, tie order) with the rule applied; complete = the top k cannot change."""
         scores = scores[: len(rows)]
         order = np.lexsort((self.catalogue.tie_position[rows], -scores))
@@ -132,4 +135,4 @@ class ItemIndex:
         ids = self.catalogue.item_ids
         keep = [j for j, r in enumerate(rows) if not (self.rule.exclude_history and ids[r] in query.history)]
         complete = len(keep) >= k and scores[keep[k - 1]] > scores[-1]
-        return [ids[rows[j]] for j in keep], complete
+        return RankedList([ids[rows[j]] for j in keep], scores[keep]), complete

@@ -30,7 +30,7 @@ from eval.dense.item_text import item_texts, item_vectors
 from eval.dense.towers import MorphTower, TowerConfig, seed_query
 from eval.dense.training import PAD, DenseTrainConfig, Examples, PeakRSS, train_tower
 from eval.recommenders import (CandidateRule, Catalogue, Query, inner_product_scores, item_target_counts,
-                               top_k_from_scores)
+                               ranked_lists)
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,7 @@ class RandomRecommender:
         history_item_rows(queries, self.catalogue.index, self.name)
         scores = np.stack([np.random.default_rng([self.seed, q.row]).random(len(self.catalogue)) for q in queries])
         scores[~self.catalogue.candidate_mask(queries, self.rule)] = -np.inf
-        ids = self.catalogue.item_ids
-        return [[ids[i] for i in top] for top in top_k_from_scores(scores, k, self.catalogue.tie_order)]
+        return ranked_lists(scores, k, self.catalogue)
 
 
 class BM25Recommender:
@@ -105,8 +104,7 @@ class BM25Recommender:
         no_terms = ~(scores > 0).any(axis=1)
         scores[no_terms] = self.popularity  # empty history (or no history text): popularity
         scores[~self.catalogue.candidate_mask(queries, self.rule)] = -np.inf
-        ids = self.catalogue.item_ids
-        return [[ids[i] for i in top] for top in top_k_from_scores(scores, k, self.catalogue.tie_order)]
+        return ranked_lists(scores, k, self.catalogue)
 
 
 @dataclass
