@@ -105,7 +105,8 @@ class EvalArgs:
     dense_history_len: int = 0  # L: newest history items the dense query sees; 0 = history_len
     dense_query: str = "mean"  # bi-encoder query: mean | last history item vector
     dense_pooling: str = "lstm"  # mini_xpert h_u: lstm | mean
-    dense_seed_vector: str = "last"  # mini_xpert v_seed: last | mean history item (xpert: always mean)
+    dense_seed_vector: str = "last"  # mini_xpert v_seed: last | mean history item
+    dense_xpert_seed_vector: str = "mean"  # xpert v_seed: mean (the seed's XPERT) | last (like-for-like with mini)
     dense_rank: int = 32  # mini_xpert r: 2dr personalisation parameters per user
     dense_hidden: int = 256  # mini_xpert h_u size (LSTM hidden)
     dense_xpert_hidden: int = 256  # xpert h_u size; its hypernetwork has d² × this weights
@@ -226,7 +227,8 @@ def dense_config(a: EvalArgs, method: str):
 
     xpert = method == "xpert"
     tower = {"bi_encoder": None, "bi_encoder_title": None,
-             "xpert": TowerConfig(morph="full_rank", adapter="mean", hidden=a.dense_xpert_hidden, seed_vector="mean"),
+             "xpert": TowerConfig(morph="full_rank", adapter="mean", hidden=a.dense_xpert_hidden,
+                                  seed_vector=a.dense_xpert_seed_vector),
              "mini_xpert": TowerConfig(morph="low_rank", rank=a.dense_rank, adapter=a.dense_pooling,
                                        hidden=a.dense_hidden, seed_vector=a.dense_seed_vector)}[method]
     train = DenseTrainConfig(epochs=a.dense_xpert_epochs if xpert else a.dense_epochs, batch_size=a.dense_batch_size,
@@ -315,6 +317,7 @@ def check_args(a: EvalArgs) -> None:
         check_range(name, getattr(a, name), 0, 1, hi_open=True)
     check_range("head_share", a.head_share, 0, 1, lo_open=True, hi_open=True)
     check_seed("seed", a.seed)
+    check_dense_args(a)
     kmax = max(a.ks)
     check_range("short_history_max", a.short_history_max, 0)
     if a.generative_num_beams and "generative" in a.methods:  # (generative_rerank decodes rerank_candidates beams)
@@ -340,6 +343,33 @@ def check_args(a: EvalArgs) -> None:
               "methods generative / generative_rerank need a checkpoint directory written by sft/train.py")
     if "generative_rerank" in a.methods:
         check_rerank_args(a)
+
+
+def check_dense_args(a: EvalArgs) -> None:
+    """The dense methods' settings, named by their config keys, then their configs built (eval/dense validates
+    the rest) — all before anything is fitted."""
+    for key, allowed in (("dense_text", ("meta", "title")), ("dense_query", ("last", "mean")),
+                         ("dense_pooling", ("lstm", "mean")), ("dense_seed_vector", ("last", "mean")),
+                         ("dense_xpert_seed_vector", ("last", "mean")), ("dense_negatives", ("in_batch", "domain")),
+                         ("dense_index", ("exact", "ivf", "hnsw"))):
+        check_choice(key, getattr(a, key), allowed)
+    for method in {"bi_encoder", "bi_encoder_title", "xpert", "mini_xpert"} & set(a.methods):
+        dense_config(a, method)
+    if "mini_xpert_sweep" in a.methods:
+        for _, b in sweep_args(a):
+            dense_config(b, "mini_xpert")
+
+
+def check_dense_dims(a: EvalArgs, embeddings) -> None:
+    """The morph models' d (``dense_dim``) and rank against the metadata embeddings' d, before anything is fitted."""
+    models = {"xpert", "mini_xpert", "mini_xpert_sweep"} & set(a.methods)
+    if embeddings is None or a.dense_text != "meta" or a.dense_finetune_encoder_layers or not models:
+        return
+    d = int(embeddings.shape[1])
+    check(not a.dense_dim or a.dense_dim == d, "dense_dim", f"{a.dense_dim}, but the item embeddings have d = {d}")
+    configs = [b for _, b in sweep_args(a)] if "mini_xpert_sweep" in models else []
+    for b in configs + ([a] if "mini_xpert" in models else []):
+        check(b.dense_rank <= d, "dense_rank", f"r = {b.dense_rank} is larger than the item embeddings' d = {d}")
 
 
 def check_inputs(a: EvalArgs) -> None:
@@ -552,6 +582,7 @@ def run_eval(argv: list[str] | None = None) -> dict:
     dataset = load_rec_dataset(a.dataset)
     a = resolve_history_len(replace(a, ks=sorted(a.ks)), dataset)
     embeddings = load_embeddings(a, dataset)
+    check_dense_dims(a, embeddings)
     train_rows = [r for s in a.train_splits for r in dataset.splits[s].to_list()]
     rows = E.EvalRows.from_split(dataset.splits[a.split], a.max_rows, a.seed)
     rule = CandidateRule(same_domain=a.same_domain, exclude_history=a.exclude_history)

@@ -23,6 +23,7 @@ from eval.dense.recommenders import (BM25Recommender, DenseConfig, DenseRecommen
 from eval.dense.towers import MorphTower, TowerConfig, seed_query
 from eval.dense.training import DenseTrainConfig
 from eval.metrics import hit_rate, target_ranks
+from data_builders.cli import UserError
 from eval.recommenders import CandidateRule, Catalogue, Query
 
 
@@ -216,7 +217,10 @@ def test_training_improves_recall_at_10_on_a_tiny_task():
         rec.fit(ds, train, emb)
         return rec
 
-    untrained, trained = fitted(0), fitted(12)
+    # untrained, the tower is the identity morph of v_seed = the newest item: the bi-encoder with that query
+    untrained = DenseRecommender(DenseConfig(query="last"), CandidateRule(), name="bi_encoder")
+    untrained.fit(ds, train, emb)
+    trained = fitted(12)
     before, after = recall_at(untrained, test, 10), recall_at(trained, test, 10)
     assert before < 0.3 and after > before + 0.4, (before, after)
     log = trained.train_log
@@ -405,3 +409,94 @@ def test_included_metrics_must_cover_the_same_rows(tiny, tmp_path):
     with pytest.raises(ValueError, match="only metrics of the same rows can share a table"):
         run.run_eval([*base, "--output_dir", str(tmp_path / "y"), "--methods", "popularity", "--max_rows", "10",
                   "--include_metrics", str(tmp_path / "dense" / "metrics.json")])
+
+
+# --- the seed vector is a setting of both morph models (#11 item 16) -----------------------------------------------
+
+@pytest.mark.parametrize("method", ["xpert", "mini_xpert"])
+def test_seed_vector_setting_is_honoured_by_both_morph_models(method):
+    """The config's seed vector reaches the tower of XPERT and Mini_XPERT; newest item vs history mean give
+    different query vectors (an untrained tower returns normalise(v_seed) exactly)."""
+    key = {"xpert": "dense_xpert_seed_vector", "mini_xpert": "dense_seed_vector"}[method]
+    ds = fake_dataset(10)
+    emb = unit(np.random.default_rng(0), 20, 8)
+    train = [{"user_id": "u", "domain": "A", "history": ["A:1", "A:4"], "target": "A:2"}] * 8
+    queries = [Query(0, "u", "A", ("A:1", "A:3", "A:7")), Query(1, "v", "B", ("B:2", "B:5"))]
+    hist = torch.from_numpy(emb[[[1, 3, 7], [12, 15, 15]]])
+    lengths = torch.tensor([3, 2])
+    vectors = {}
+    for seed_vector in ("last", "mean"):
+        a = run.EvalArgs(**{**run.EvalArgs().__dict__, key: seed_vector, "dense_epochs": 1, "dense_xpert_epochs": 1,
+                            "dense_rank": 2, "dense_hidden": 4, "dense_xpert_hidden": 4, "dense_batch_size": 4})
+        (rec,) = run.METHODS[method](a, CandidateRule())
+        assert rec.cfg.tower.seed_vector == seed_vector
+        rec.fit(ds, train, emb)
+        assert rec.tower.cfg.seed_vector == seed_vector
+        with torch.no_grad():
+            for p in rec.tower.hypernet.parameters():
+                p.zero_()  # the morph becomes the identity: q = normalise(v_seed)
+        vectors[seed_vector] = rec.query_vectors(queries)
+        np.testing.assert_allclose(vectors[seed_vector], seed_query(hist, lengths, seed_vector).numpy(), atol=1e-6)
+    assert not np.allclose(vectors["last"], vectors["mean"], atol=1e-3)
+
+
+# --- bad settings of the dense methods: user errors naming the key, before anything is trained (#11) -------------
+
+BAD_DENSE_SETTINGS = [
+    ("rank_zero", lambda: TowerConfig(rank=0), r"dense tower: `rank` must be in \[1, inf\], got 0"),
+    ("rank_above_d", lambda: TowerConfig(dim=16, rank=32), r"`rank` r=32 must be at most the item vectors' d=16"),
+    ("hidden_zero", lambda: TowerConfig(hidden=0), r"`hidden` must be in \[1"),
+    ("seed_vector", lambda: TowerConfig(seed_vector="first"), r"`seed_vector`: 'first' is not one of 'last', 'mean'"),
+    ("pooling", lambda: TowerConfig(adapter="gru"), r"`adapter`: 'gru' is not one of 'lstm', 'mean'"),
+    ("morph", lambda: TowerConfig(morph="diagonal"), r"`morph`: 'diagonal' is not one of"),
+    ("lr_negative", lambda: DenseTrainConfig(lr=-1e-3), r"dense training: `lr`: must be a finite number > 0, got -0.001"),
+    ("lr_nan", lambda: DenseTrainConfig(lr=float("nan")), r"`lr`: must be a finite number > 0, got nan"),
+    ("tau_zero", lambda: DenseTrainConfig(tau=0.0), r"`tau`: must be a finite number > 0"),
+    ("epochs_zero", lambda: DenseTrainConfig(epochs=0), r"dense training: `epochs` must be in \[1, inf\], got 0"),
+    ("batch_one", lambda: DenseTrainConfig(batch_size=1), r"`batch_size` must be in \[2"),
+    ("negatives", lambda: DenseTrainConfig(negatives="hard"), r"`negatives`: 'hard' is not one of"),
+    ("seed", lambda: DenseTrainConfig(seed=-1), r"`seed` must be in \[0"),
+    ("index_kind", lambda: IndexConfig(kind="flat"), r"dense index: `kind`: 'flat' is not one of"),
+    ("nprobe_zero", lambda: IndexConfig(ivf_nprobe=0), r"`ivf_nprobe` must be in \[1"),
+    ("query", lambda: DenseConfig(query="max"), r"dense config: `query`: 'max' is not one of 'last', 'mean'"),
+    ("text", lambda: DenseConfig(text="reviews"), r"`text`: 'reviews' is not one of 'meta', 'title'"),
+    ("history_len", lambda: DenseConfig(history_len=0), r"`history_len` must be in \[1"),
+    ("rank_above_dim", lambda: DenseConfig(dim=8, tower=TowerConfig(rank=32)), r"`rank` r=32 .* model's d=8"),
+]
+
+
+@pytest.mark.parametrize("make, message", [c[1:] for c in BAD_DENSE_SETTINGS], ids=[c[0] for c in BAD_DENSE_SETTINGS])
+def test_bad_dense_settings_are_user_errors_naming_the_key(make, message):
+    with pytest.raises(UserError, match=message):
+        make()
+
+
+def test_rank_above_the_embedding_dimension_stops_before_training():
+    rec = DenseRecommender(DenseConfig(tower=TowerConfig(rank=32, hidden=4)), CandidateRule(), name="mini_xpert")
+    with pytest.raises(UserError, match=r"`rank` r=32 must be at most the item vectors' d=8"):
+        rec.fit(fake_dataset(10), [{"user_id": "u", "domain": "A", "history": ["A:1"], "target": "A:2"}] * 4,
+                unit(np.random.default_rng(0), 20, 8))
+    assert rec.tower is None and "epoch_losses" not in rec.train_log
+
+
+BAD_DENSE_CLI = [
+    ("seed_vector", ["--dense_seed_vector", "first"], "error: `dense_seed_vector`: 'first' is not one of"),
+    ("xpert_seed_vector", ["--dense_xpert_seed_vector", "x"], "error: `dense_xpert_seed_vector`: 'x' is not one of"),
+    ("pooling", ["--dense_pooling", "gru"], "error: `dense_pooling`: 'gru' is not one of"),
+    ("negatives", ["--dense_negatives", "hard"], "error: `dense_negatives`: 'hard' is not one of"),
+    ("index", ["--dense_index", "flat"], "error: `dense_index`: 'flat' is not one of"),
+    ("nprobe", ["--dense_ivf_nprobe", "0"], "error: dense index: `ivf_nprobe` must be in [1, inf], got 0"),
+    ("rank_above_d", ["--dense_rank", "17"], "error: dense_rank: r = 17 is larger than the item embeddings' d = 16"),
+    ("dim", ["--dense_dim", "12", "--dense_rank", "4"], "error: dense_dim: 12, but the item embeddings have d = 16"),
+]
+
+
+@pytest.mark.parametrize("extra, message", [c[1:] for c in BAD_DENSE_CLI], ids=[c[0] for c in BAD_DENSE_CLI])
+def test_bad_dense_settings_stop_the_cli_before_any_method_fits(tiny, tmp_path, capsys, extra, message):
+    dataset, embeddings = tiny
+    out = tmp_path / "eval"
+    rc = run.main(["--config", str(TINY_CONFIG), "--dataset", str(dataset), "--embeddings", str(embeddings),
+                   "--output_dir", str(out), "--methods", "popularity", "xpert", "mini_xpert", *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err
+    assert not out.exists()  # popularity did not run first: nothing (not even metrics.partial.json) written

@@ -21,7 +21,9 @@ TOKEN = re.compile(r"[^\W_]+")  # letters and digits, any script
 
 
 def tokenize(text: str) -> list[str]:
-    """>>> tokenize("Title: Red Stapler; Brand: ACME-3000;")
+    """Lower-cased alphanumeric runs.
+
+    >>> tokenize("Title: Red Stapler; Brand: ACME-3000;")
     ['title', 'red', 'stapler', 'brand', 'acme', '3000']
     """
     return TOKEN.findall(text.lower())

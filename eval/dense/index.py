@@ -22,6 +22,7 @@ from typing import Sequence
 import faiss
 import numpy as np
 
+from data_builders.cli import check_choice, check_range, check_seed
 from eval.recommenders import CandidateRule, Catalogue, Query, RankedList
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,12 @@ class IndexConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("exact", "ivf", "hnsw"):
-            raise ValueError(f"index kind {self.kind!r}; choose exact | ivf | hnsw")
+        """Bad settings are :class:`~data_builders.cli.UserError`s naming the key (faiss would assert in C++)."""
+        check_choice("kind", self.kind, ("exact", "ivf", "hnsw"), where="dense index")
+        for key in ("ivf_nlist", "ivf_nprobe", "ivf_points_per_list", "hnsw_m", "hnsw_ef_construction",
+                    "hnsw_ef_search"):
+            check_range(key, getattr(self, key), 1, where="dense index")
+        check_seed("seed", self.seed, where="dense index")
 
 
 def build_index(vectors: np.ndarray, cfg: IndexConfig) -> faiss.Index:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from scipy import sparse
 
+from data_builders.cli import UserError, check_choice, check_range
 from data_builders.embeddings import DEFAULT_ENCODER
 from eval.dense.bm25 import BM25
 from eval.dense.index import IndexConfig, ItemIndex
@@ -120,6 +121,18 @@ class DenseConfig:
     finetune_encoder_layers: int = 0  # 0 = frozen item vectors; 2 = the seed's last 2 of 6 layers
     item_max_tokens: int = 64  # fine-tuning only: item text budget (the seed's item length 64)
 
+    def __post_init__(self) -> None:
+        """Bad settings are :class:`~data_builders.cli.UserError`s naming the key, raised before any fitting."""
+        where = "dense config"
+        check_choice("text", self.text, ("meta", "title"), where=where)
+        check_choice("query", self.query, ("last", "mean"), where=where)
+        check_range("history_len", self.history_len, 1, where=where)
+        check_range("dim", self.dim, 0, where=where)
+        check_range("finetune_encoder_layers", self.finetune_encoder_layers, 0, where=where)
+        check_range("item_max_tokens", self.item_max_tokens, 3, where=where)  # [CLS] text [SEP]
+        if self.tower is not None and self.dim and self.tower.morph == "low_rank" and self.tower.rank > self.dim:
+            raise UserError(f"{where}: `rank` r={self.tower.rank} must be at most the model's d={self.dim}")
+
 
 class DenseRecommender:
     """Query vector from the history (bi-encoder or a trained morph tower) -> faiss search within the rule."""
@@ -159,7 +172,7 @@ class DenseRecommender:
 
     def check_dim(self, d: int) -> None:
         if self.cfg.dim and d != self.cfg.dim:
-            raise ValueError(f"{self.name}: the model's d = {self.cfg.dim} (dense_dim) but the item embeddings have "
+            raise UserError(f"{self.name}: the model's d = {self.cfg.dim} (dense_dim) but the item embeddings have "
                              f"d = {d} ({self.cfg.text} text); rebuild the embeddings or set dense_dim: {d}")
 
     def history_batch(self, histories: Sequence[Sequence[int]], groups: Sequence[int]) -> tuple[torch.Tensor, ...]:

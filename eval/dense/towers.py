@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data_builders.cli import UserError, check_choice, check_range
 from eval.dense.morph import FullRankHypernet, LowRankHypernet
 
 
@@ -82,12 +83,14 @@ class TowerConfig:
     seed_vector: str = "last"  # v_seed: last | mean history item
 
     def __post_init__(self) -> None:
+        """Bad settings are :class:`UserError`s naming the key, raised before anything is built or trained."""
         choices = {"morph": ("low_rank", "full_rank"), "adapter": ("lstm", "mean"), "seed_vector": ("last", "mean")}
         for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"tower {key}={getattr(self, key)!r}; choose from {allowed}")
-        if self.morph == "low_rank" and not 1 <= self.rank <= self.dim:
-            raise ValueError(f"rank r={self.rank} must be in 1..d={self.dim}")
+            check_choice(key, getattr(self, key), allowed, where="dense tower")
+        for key in ("dim", "hidden", "rank"):
+            check_range(key, getattr(self, key), 1, where="dense tower")
+        if self.morph == "low_rank" and self.rank > self.dim:
+            raise UserError(f"dense tower: `rank` r={self.rank} must be at most the item vectors' d={self.dim}")
 
 
 class MorphTower(nn.Module):

@@ -9,6 +9,7 @@ not use it as a negative for either row (see :func:`eval.dense.losses.info_nce`)
 from __future__ import annotations
 
 import logging
+import math
 import resource
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from data_builders.cli import check, check_choice, check_range, check_seed
 from eval.dense.losses import domain_nce, info_nce
 
 log = logging.getLogger(__name__)
@@ -35,10 +37,16 @@ class DenseTrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.negatives not in ("in_batch", "domain"):
-            raise ValueError(f"negatives {self.negatives!r}; choose in_batch | domain")
-        if self.epochs < 0 or self.batch_size < 2 or self.tau <= 0:
-            raise ValueError(f"need epochs >= 0, batch_size >= 2 (in-batch negatives), tau > 0; got {self}")
+        """Bad settings are :class:`~data_builders.cli.UserError`s naming the key, raised before training."""
+        where = "dense training"
+        check_choice("negatives", self.negatives, ("in_batch", "domain"), where=where)
+        check_range("epochs", self.epochs, 1, where=where)
+        check_range("batch_size", self.batch_size, 2, where=where)  # in-batch negatives need a second row
+        for key in ("lr", "tau"):
+            value = getattr(self, key)
+            check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, f"{where}: `{key}`",
+                  f"must be a finite number > 0, got {value!r}")
+        check_seed("seed", self.seed, where=where)
 
 
 @dataclass
