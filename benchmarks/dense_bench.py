@@ -11,12 +11,21 @@ methods take turns in blocks of 20 queries (warm within a block), so load from o
 1M, IVF and HNSW indexes are timed against the exact one (recall of their top 50 vs exact), on the random vectors
 (the worst case for ANN) and on perturbed copies of real items (clustered like real text embeddings).
 ``--finetune_steps`` times a few steps of encoder fine-tuning (last 2 layers) on the real rows.
+
+``--seed_vectors`` runs only the like-for-like comparison of the two morph models: XPERT and Mini_XPERT, each with
+v_seed = the history mean and = the newest item (``dense_xpert_seed_vector`` / ``dense_seed_vector``), fitted and
+scored as above on the config's protocol and rows, and stores it under ``seed_vector_comparison.<split>`` of
+``--out``, keeping everything else in that file::
+
+    python benchmarks/dense_bench.py --seed_vectors --config configs/eval/amazon18_dense_valid.yaml --out benchmarks/results/dense.json
+    python benchmarks/dense_bench.py --seed_vectors --config configs/eval/amazon18.yaml --out benchmarks/results/dense.json
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import platform
@@ -44,6 +53,12 @@ def load(config: str, methods: list[str]):
     return a, dataset, embeddings, train_rows, EvalRows.from_split(dataset.splits[a.split])
 
 
+def load_split(config: str) -> str:
+    import yaml
+
+    return yaml.safe_load(Path(config).read_text()).get("split", "test")
+
+
 def fit_and_score(a, dataset, embeddings, train_rows, rows) -> tuple[dict, dict]:
     """Fitted recommenders and their per-method results (metrics per domain, training)."""
     from eval import evaluate as E
@@ -63,7 +78,7 @@ def fit_and_score(a, dataset, embeddings, train_rows, rows) -> tuple[dict, dict]
         log = rec.train_log
         out[method] = {
             **{f"{m}@{k}": {d: round(v[f"{'hr' if m == 'recall' else m}@{k}"], 4) for d, v in by_domain.items()}
-               for m, k in (("recall", 10), ("recall", 50), ("ndcg", 10))},
+               for m, k in (("recall", 10), ("recall", 50), ("ndcg", 10)) if k in a.ks},
             "params_per_user": log.get("params_per_user", 0), "train_seconds": round(fit_s, 1),
             "peak_rss_mb": log.get("peak_rss_mb"), "epochs": len(log.get("epoch_losses", [])),
             "final_loss": (log.get("epoch_losses") or [None])[-1],
@@ -188,6 +203,28 @@ def finetune_step_seconds(a, dataset, train_rows, steps: int) -> dict:
             "item_max_tokens": a.dense_item_max_tokens, "batch_size": a.dense_batch_size}
 
 
+SEED_VECTOR_KEYS = {"xpert": "dense_xpert_seed_vector", "mini_xpert": "dense_seed_vector"}
+
+
+def seed_vector_comparison(config: str) -> dict:
+    """XPERT and Mini_XPERT with each seed vector (mean, last) on the config's rows: the same rows, training rows
+    and settings for all four; only v_seed changes within a model."""
+    a, dataset, embeddings, train_rows, rows = load(config, list(SEED_VECTOR_KEYS))
+    out = {}
+    for method, key in SEED_VECTOR_KEYS.items():
+        for seed_vector in ("mean", "last"):
+            b = dataclasses.replace(a, methods=[method], **{key: seed_vector})
+            _, res = fit_and_score(b, dataset, embeddings, train_rows, rows)
+            out[f"{method}[seed_vector={seed_vector}]"] = {**res[method], "seed_vector": seed_vector,
+                                                           "shipped": seed_vector == getattr(a, key)}
+            print(method, seed_vector, json.dumps(res[method]["recall@10"]), flush=True)
+    return {"data": f"{a.dataset}: fitted on {a.train_splits} ({len(train_rows)} rows), scored on "
+                    f"{len(rows.queries)} {a.split} rows (all of them, the same for every variant)",
+            "config": config, "methods": out,
+            "command": f"python benchmarks/dense_bench.py --seed_vectors --config {config} --out "
+                       "benchmarks/results/dense.json"}
+
+
 def main() -> None:
     import faiss
     import torch
@@ -209,9 +246,21 @@ def main() -> None:
                         help="ANN also on real items + noise of this norm (cosine ≈ 0.8 to the item)")
     parser.add_argument("--finetune_steps", type=int, default=3, help="0 = skip the fine-tuning timing")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--seed_vectors", action="store_true",
+                        help="only XPERT vs Mini_XPERT with each seed vector; merged into --out")
     args = parser.parse_args()
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
+    if args.seed_vectors:
+        split = load_split(args.config)
+        comparison = seed_vector_comparison(args.config)
+        result = json.loads(args.out.read_text()) if args.out and args.out.exists() else {}
+        result.setdefault("seed_vector_comparison", {})[split] = comparison
+        text = json.dumps(result, indent=2, sort_keys=True)
+        print(json.dumps(comparison, indent=2, sort_keys=True))
+        if args.out:
+            args.out.write_text(text + "\n")
+        return
 
     a, dataset, embeddings, train_rows, rows = load(args.config, args.methods)
     recs, results = fit_and_score(a, dataset, embeddings, train_rows, rows)
