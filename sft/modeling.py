@@ -75,6 +75,20 @@ def lora_config(model, r: int, alpha: int, dropout: float, target_modules: list[
     )
 
 
+def upcast_trainable(model) -> int:
+    """QLoRA: TRL's SFTTrainer casts every trainable parameter of a 4-bit model to bf16, while
+    ``prepare_model_for_kbit_training`` leaves every other non-quantized parameter (norms, the frozen embedding) in
+    fp32: without autocast (CPU, ``bf16: false``) the trained model then fails outside the trainer (dtype mismatch in
+    evaluation and generation), and its bf16 SID rows differ from what a reload builds. Cast them back to fp32 (the
+    master copy mixed precision keeps anyway; autocast still computes in bf16). Returns how many were cast."""
+    cast = 0
+    for p in model.parameters():
+        if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16):
+            p.data = p.data.to(torch.float32)
+            cast += 1
+    return cast
+
+
 def trainable_embedding_params(model) -> list[torch.nn.Parameter]:
     """The embedding matrices that train (the peft copy under ``modules_to_save``, or the base matrix)."""
     params = {id(p): p for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None
@@ -221,6 +235,10 @@ def load_sft_checkpoint(path: str | Path, allow_download: bool = False):
         check_sid_vocabulary(tok, artifact, base)
     else:
         extend_vocabulary(base, tok, artifact, init="mean")  # placeholders: the saved SID rows replace them
+    if meta["mode"] == "qlora":  # as in training (apply_mode): non-quantized parameters in fp32
+        from peft import prepare_model_for_kbit_training
+
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     model = PeftModel.from_pretrained(base, str(path), is_trainable=False, local_files_only=True)
     if (path / SID_ROWS_FILE).is_file():
         restore_sid_rows(model, path)

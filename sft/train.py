@@ -27,8 +27,7 @@ from decoding.catalogue import Catalogue
 from sft.callbacks import ConstrainedValidation, MetricsLog, TimeBudget, sample_rows
 from sft.modeling import (
     MODES, SidRowGuard, apply_mode, count_parameters, load_base, save_sid_rows, sid_artifact_hash,
-    trainable_embedding_params,
-    write_checkpoint_meta,
+    trainable_embedding_params, upcast_trainable, write_checkpoint_meta,
 )
 from data_builders.cli import (UserError, check, check_choice, check_output_dir, check_range, check_seed, load_npy,
                                parse_config, require_dir, run_cli)
@@ -323,6 +322,8 @@ def train(script: ScriptArguments, training: SFTConfig, model_args: ModelConfig)
 
     trainer = SFTTrainer(model=model, args=training, train_dataset=train_ds, eval_dataset=valid_ds,
                          processing_class=tokenizer, callbacks=callbacks)
+    if script.mode == "qlora":
+        upcast_trainable(trainer.model)  # before the optimizer exists; see sft.modeling.upcast_trainable
     if script.time_budget_minutes is not None:  # its own bar shows the budget; the step bar's total would not
         from transformers.trainer_callback import ProgressCallback
 

@@ -34,17 +34,54 @@ def run(pipeline, out, *extra):
 PROBE = "<a_0><b_1><a_1><b_2><a_0>"
 
 
-@pytest.mark.parametrize("mode, train_sid_rows", [("lora", "true"), ("lora", "false"), ("full", "true"),
-                                                  ("new_tokens", "true")])
-def test_reload_gives_the_trained_logits(pipeline, tmp_path, mode, train_sid_rows):
-    """Item 1: LoRA with frozen SID rows on a base without them reloaded every SID row as the vocabulary mean."""
-    trainer = run(pipeline, tmp_path / "m", "--mode", mode, "--train_sid_rows", train_sid_rows)
+@pytest.fixture(scope="module")
+def bases(pipeline, tmp_path_factory):
+    """Bases on disk: the tiny Llama (tied head), an untied copy, and a merged SFT model that already has the SID
+    rows (the shared base of domain adapters)."""
+    from sft.modeling import merge_checkpoint
+    from sft.models import build_tiny_lm
+
+    root = tmp_path_factory.mktemp("bases")
+    model, tok = build_tiny_lm()
+    model.save_pretrained(root / "tied")
+    tok.save_pretrained(root / "tied")
+    model.config.tie_word_embeddings = False
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone() + 0.01)
+    model.save_pretrained(root / "untied")
+    tok.save_pretrained(root / "untied")
+    run(pipeline, root / "first", "--max_steps", "2")
+    merge_checkpoint(root / "first", root / "merged")
+    return {"tiny": "tiny", "tied": str(root / "tied"), "untied": str(root / "untied"),
+            "merged": str(root / "merged")}
+
+
+COMBINATIONS = [(base, mode, rows) for base in ("tiny", "untied", "merged")
+                for mode, rows in (("lora", "true"), ("lora", "false"), ("full", "true"), ("new_tokens", "true"))]
+COMBINATIONS += [(base, "qlora", rows) for base in ("tied", "untied", "merged") for rows in ("true", "false")]
+
+
+@pytest.mark.parametrize("base, mode, train_sid_rows", COMBINATIONS, ids=["-".join(c) for c in COMBINATIONS])
+def test_reload_gives_the_trained_logits(pipeline, bases, tmp_path, base, mode, train_sid_rows):
+    """Item 1: LoRA with frozen SID rows on a base without them reloaded every SID row as the vocabulary mean (max
+    logit difference .458); a QLoRA model trained on CPU could not run outside the trainer (bf16 trainable rows in an
+    fp32 model). Every mode x train_sid_rows x base (tied / untied head, with / without SID rows) that training
+    accepts reloads to the trained model's logits (new_tokens / full + frozen rows are refused: item 2)."""
+    trainer = run(pipeline, tmp_path / "m", "--model_name_or_path", bases[base], "--mode", mode,
+                  "--train_sid_rows", train_sid_rows)
     trained = trainer.model.eval()
     model, tok, _ = load_sft_checkpoint(tmp_path / "m")
     ids = tok(PROBE, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         diff = (trained(ids).logits - model(ids).logits).abs().max().item()
-    assert diff < 1e-5, f"{mode}/train_sid_rows={train_sid_rows}: max logit difference {diff}"
+    assert diff < 1e-5, f"{base}/{mode}/train_sid_rows={train_sid_rows}: max logit difference {diff}"
+
+
+def test_qlora_trains_with_validation_on_cpu(pipeline, bases, tmp_path):
+    """QLoRA's constrained validation ran the bf16-cast model in fp32 and crashed (dtype mismatch)."""
+    trainer = run(pipeline, tmp_path / "q", "--model_name_or_path", bases["tied"], "--mode", "qlora",
+                  "--eval_strategy", "steps", "--eval_steps", "1")
+    assert any("eval_ndcg@10" in r for r in trainer.state.log_history)
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters() if p.requires_grad)
 
 
 def test_frozen_sid_rows_are_restored_not_mean_initialised(pipeline, tmp_path):
