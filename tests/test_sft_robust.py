@@ -101,26 +101,43 @@ def test_train_sid_rows_false_is_refused_where_it_cannot_mean_what_it_says(pipel
     assert not (tmp_path / "x").exists()
 
 
-def test_resume_without_optimizer_state_is_refused_and_log_is_rewritten(pipeline, tmp_path):
-    """Item 5: no optimizer.pt -> a fresh optimizer without a word; metrics.jsonl had steps after the checkpoint
-    twice."""
-    const = ("--lr_scheduler_type", "constant", "--save_strategy", "steps", "--save_steps", "2")
-    run(pipeline, tmp_path / "r", "--max_steps", "3", *const)
-    log_before = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
-    assert max(r["step"] for r in log_before) == 3
-    ckpt = tmp_path / "r" / "checkpoint-2"
-    no_opt = tmp_path / "checkpoint-2-no-optimizer"
-    shutil.copytree(ckpt, no_opt)
+CONST = ("--lr_scheduler_type", "constant", "--save_strategy", "steps", "--save_steps", "2")
+
+
+@pytest.fixture(scope="module")
+def three_steps(pipeline, tmp_path_factory):
+    """A 3-step run that saved checkpoint-2, and a copy of that checkpoint without optimizer.pt."""
+    root = tmp_path_factory.mktemp("resume")
+    run(pipeline, root / "r", "--max_steps", "3", *CONST)
+    no_opt = root / "checkpoint-2-no-optimizer"
+    shutil.copytree(root / "r" / "checkpoint-2", no_opt)
     (no_opt / "optimizer.pt").unlink()
-    with pytest.raises(UserError, match="has no optimizer.pt"):
-        run(pipeline, tmp_path / "r", "--max_steps", "4", *const, "--resume_from_checkpoint", str(no_opt))
-    run(pipeline, tmp_path / "r", "--max_steps", "4", *const, "--resume_from_checkpoint", str(ckpt))
-    steps = [json.loads(line)["step"] for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
-             if "loss" in json.loads(line)]
-    assert steps == [1, 2, 3, 4], steps  # step 3 once, from the resumed run
-    resumed = run(pipeline, tmp_path / "r2", "--max_steps", "4", *const, "--resume_from_checkpoint", str(no_opt),
-                  "--resume_fresh_optimizer", "true")
+    return root / "r", no_opt
+
+
+def test_resume_without_optimizer_state_is_refused_unless_asked(pipeline, three_steps, tmp_path, caplog):
+    """Item 5: a checkpoint without optimizer.pt silently resumed with a fresh optimizer (other final weights)."""
+    _, no_opt = three_steps
+    with pytest.raises(UserError, match="has no optimizer.pt.*resume_fresh_optimizer: true"):
+        run(pipeline, tmp_path / "x", "--max_steps", "4", *CONST, "--resume_from_checkpoint", str(no_opt))
+    assert not (tmp_path / "x").exists()
+    with caplog.at_level("WARNING", logger="sft.train"):
+        resumed = run(pipeline, tmp_path / "r2", "--max_steps", "4", *CONST, "--resume_from_checkpoint", str(no_opt),
+                      "--resume_fresh_optimizer", "true")
     assert resumed.state.global_step == 4
+    assert any("fresh optimizer" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+
+
+def test_resume_rewrites_the_metrics_log_from_the_checkpoint_step(pipeline, three_steps):
+    """Item 5: metrics.jsonl was appended on resume, so step 3 (after checkpoint-2) appeared twice."""
+    out, _ = three_steps
+    log_before = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log_before if "loss" in r] == [1, 2, 3]
+    run(pipeline, out, "--max_steps", "4", *CONST, "--resume_from_checkpoint", str(out / "checkpoint-2"))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if "loss" in r]
+    assert steps == [1, 2, 3, 4], steps  # step 3 once, from the resumed run
+    assert records[:2] == log_before[:2]  # the lines up to the checkpoint are kept as they were
 
 
 def test_adapter_checkpoint_without_weights_is_a_local_error(pipeline, tmp_path):
