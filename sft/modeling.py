@@ -185,6 +185,18 @@ def save_sid_rows(model, sid_ids: list[int], out_dir: str | Path) -> None:
     save_file(rows, str(Path(out_dir) / SID_ROWS_FILE))
 
 
+def require_adapter(path: Path, what: str = "a LoRA checkpoint") -> None:
+    """``path`` holds a LoRA adapter (config + weights): peft would otherwise take the directory name for a hub id
+    and fail in hub code (``HFValidationError``)."""
+    from data_builders.dataset import DataError
+
+    missing = "adapter_config.json" if not (path / "adapter_config.json").is_file() else \
+        None if any((path / f).is_file() for f in ADAPTER_FILES) else ADAPTER_FILES[0]
+    if missing:
+        raise DataError(f"{path}: {what} without its adapter ({missing} missing); the training run did not finish "
+                        "saving, or files were removed")
+
+
 def restore_sid_rows(model, path: Path) -> None:
     from safetensors.torch import load_file
 
@@ -226,10 +238,7 @@ def load_sft_checkpoint(path: str | Path, allow_download: bool = False):
         return model, tok, artifact
     from peft import PeftModel
 
-    if not (path / "adapter_config.json").is_file() or not any((path / f).is_file() for f in ADAPTER_FILES):
-        missing = "adapter_config.json" if not (path / "adapter_config.json").is_file() else ADAPTER_FILES[0]
-        raise DataError(f"{path}: a {meta['mode']} checkpoint without its adapter ({missing} missing); the training "
-                        "run did not finish saving, or files were removed")
+    require_adapter(path, f"a {meta['mode']} checkpoint")
     base, tok = load_base(meta["model"], meta["mode"], meta["num_layers"], allow_download=allow_download)
     if artifact.all_tokens()[0] in tok.get_vocab():  # a merged base that already carries the SID rows
         check_sid_vocabulary(tok, artifact, base)
@@ -271,14 +280,21 @@ def load_domain_adapters(base_dir: str | Path, adapters: dict[str, str | Path]):
     """
     from peft import PeftModel
 
+    from data_builders.cli import read_json_file, require_dir
+    from data_builders.dataset import DataError
+
     base, tok, artifact = load_sft_checkpoint(base_dir)
     model = None
     for name, adapter_dir in sorted(adapters.items()):
-        adapter_meta = json.loads((Path(adapter_dir) / "genrec_sft.json").read_text())
+        adapter_dir = require_dir(adapter_dir, f"domain adapter {name!r}")
+        adapter_meta = read_json_file(adapter_dir / "genrec_sft.json", f"domain adapter {name!r} meta")
+        require_adapter(adapter_dir, f"domain adapter {name!r}")
         if adapter_meta["sid_hash"] != sid_artifact_hash(artifact):
-            raise ValueError(f"adapter {name!r} ({adapter_dir}) was trained with another SID artifact")
-        if model is None:
-            model = PeftModel.from_pretrained(base, adapter_dir, adapter_name=name, is_trainable=False)
+            raise DataError(f"{adapter_dir}: domain adapter {name!r} was trained with another SID artifact than "
+                            f"the base {base_dir}")
+        if model is None:  # local files only: the adapter is a directory, never a hub id
+            model = PeftModel.from_pretrained(base, str(adapter_dir), adapter_name=name, is_trainable=False,
+                                              local_files_only=True)
         else:
-            model.load_adapter(adapter_dir, adapter_name=name, is_trainable=False)
+            model.load_adapter(str(adapter_dir), adapter_name=name, is_trainable=False, local_files_only=True)
     return model.eval(), tok, artifact

@@ -144,10 +144,29 @@ def test_adapter_checkpoint_without_weights_is_a_local_error(pipeline, tmp_path)
     """Item 8: a checkpoint directory without adapter weights fell through to hub code (HFValidationError)."""
     run(pipeline, tmp_path / "m")
     (tmp_path / "m" / "adapter_model.safetensors").unlink()
-    with pytest.raises(DataError, match="adapter_model.safetensors missing"):
+    with pytest.raises(DataError, match=f"{tmp_path / 'm'}: a lora checkpoint without its adapter "
+                                        r"\(adapter_model.safetensors missing\)"):
+        load_sft_checkpoint(tmp_path / "m")
+    (tmp_path / "m" / "adapter_config.json").unlink()
+    with pytest.raises(DataError, match=r"adapter_config.json missing"):
         load_sft_checkpoint(tmp_path / "m")
     with pytest.raises(UserError, match="SFT checkpoint not found"):
         load_sft_checkpoint(tmp_path / "nowhere")
+
+
+def test_domain_adapter_without_weights_is_a_local_error(pipeline, bases, tmp_path):
+    """Item 8, load_domain_adapters: the adapter directory went to peft as a possible hub id."""
+    from sft.modeling import load_domain_adapters
+
+    run(pipeline, tmp_path / "Mini", "--model_name_or_path", bases["merged"], "--train_sid_rows", "false")
+    model, _, _ = load_domain_adapters(bases["merged"], {"Mini": tmp_path / "Mini"})
+    assert set(model.peft_config) == {"Mini"}
+    (tmp_path / "Mini" / "adapter_model.safetensors").unlink()
+    with pytest.raises(DataError, match=f"{tmp_path / 'Mini'}: domain adapter 'Mini' without its adapter "
+                                        r"\(adapter_model.safetensors missing\)"):
+        load_domain_adapters(bases["merged"], {"Mini": tmp_path / "Mini"})
+    with pytest.raises(UserError, match="domain adapter 'Other' not found"):
+        load_domain_adapters(bases["merged"], {"Other": tmp_path / "nowhere"})
 
 
 def test_loss_is_on_the_completion_only(pipeline, tmp_path, extra=()):
