@@ -31,6 +31,9 @@ def sample_rows(split, n: int, seed: int) -> list[dict]:
     return [split[i] for i in idx]
 
 
+VALIDATION_METRICS = ("hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "invalid_rate")  # what it adds (eval_ prefix)
+
+
 def constrained_metrics(model, tokenizer, catalogue, rows: list[dict], k: int = 10, num_beams: int | None = None,
                         history_len: int = 10, batch_size: int = 16) -> dict[str, float]:
     """HR@1/5/10, NDCG@5/10 and the invalid rate of constrained beam search on ``rows`` (dataset rows)."""
@@ -46,8 +49,7 @@ def constrained_metrics(model, tokenizer, catalogue, rows: list[dict], k: int = 
     model.train(was_training)
     ranked = [[item for item, _ in rec] for rec in recs]
     metrics = ranking_metrics(target_ranks(ranked, [r["target"] for r in rows]), ks=(1, 5, 10))
-    metrics = {name: value for name, value in metrics.items() if name in {"hr@1", "hr@5", "hr@10", "ndcg@5",
-                                                                        "ndcg@10"}}
+    metrics = {name: value for name, value in metrics.items() if name in VALIDATION_METRICS}
     metrics["invalid_rate"] = invalid_rate(ranked, set(catalogue.item_ids), k)
     return metrics
 

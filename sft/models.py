@@ -65,7 +65,9 @@ def load_causal_lm(
         raise ValueError(f"{spec!r} is built from the SID tokens: use build_scratch_lm(sid_tokens, ...) "
                          "(sft/train.py does this for model_name_or_path: scratch)")
     elif spec.startswith("embedded:"):
-        raise ValueError(f"unknown embedded model {spec!r}; available: {sorted(EMBEDDED_LLMS)} and {TINY_SPECS}")
+        from data_builders.cli import UserError
+
+        raise UserError(f"unknown embedded model {spec!r}; available: {sorted(EMBEDDED_LLMS)} and {TINY_SPECS}")
     else:
         model, tok = _load_hf(spec, dtype, local_only=not allow_download)
     if num_layers is not None:
@@ -93,7 +95,9 @@ def truncate_layers(model, num_layers: int) -> None:
     """Keep the first ``num_layers`` decoder layers in place (embeddings, final norm and head untouched)."""
     layers = model.model.layers
     if not 1 <= num_layers <= len(layers):
-        raise ValueError(f"num_layers must be in 1..{len(layers)}, got {num_layers}")
+        from data_builders.cli import UserError
+
+        raise UserError(f"num_layers: must be in 1..{len(layers)} (the model's decoder layers), got {num_layers}")
     model.model.layers = layers[:num_layers]
     model.config.num_hidden_layers = num_layers
     if getattr(model.config, "layer_types", None):

@@ -24,14 +24,14 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 from data_builders.dataset import load_rec_dataset
 from data_builders.examples import build_examples, packed_sequence_examples
 from decoding.catalogue import Catalogue
-from sft.callbacks import ConstrainedValidation, MetricsLog, TimeBudget, sample_rows
+from sft.callbacks import VALIDATION_METRICS, ConstrainedValidation, MetricsLog, TimeBudget, sample_rows
 from sft.modeling import (
     MODES, SidRowGuard, apply_mode, count_parameters, load_base, save_sid_rows, sid_artifact_hash,
     trainable_embedding_params, upcast_trainable, write_checkpoint_meta,
 )
 from data_builders.cli import (UserError, check, check_choice, check_output_dir, check_range, check_seed, load_npy,
                                parse_config, require_dir, run_cli)
-from sft.models import SCRATCH_SPECS, TINY_SPECS, build_scratch_lm
+from sft.models import EMBEDDED_LLMS, SCRATCH_SPECS, TINY_SPECS, build_scratch_lm
 from tokenization.artifact import load_sid_artifact
 from tokenization.vocab import check_sid_vocabulary, extend_vocabulary
 
@@ -112,6 +112,24 @@ def check_args(script: ScriptArguments, training: SFTConfig, model_args: ModelCo
         raise UserError("scratch_dropout / item_text_embeddings / sequence_packing apply to model_name_or_path: "
                          "scratch only")
     scratch = model_args.model_name_or_path in SCRATCH_SPECS
+    spec = model_args.model_name_or_path
+    if scratch and spec != "scratch" and not spec.endswith(":llama") and (script.scratch_dropout or
+                                                                         script.item_text_embeddings):
+        raise UserError(f"model_name_or_path: {spec}: scratch_dropout / item_text_embeddings are built on llama "
+                        "(use `scratch`)")
+    if spec.startswith("embedded:") and spec not in EMBEDDED_LLMS:
+        raise UserError(f"model_name_or_path: unknown embedded model {spec!r}; available: {sorted(EMBEDDED_LLMS)}")
+    if script.mode == "qlora":
+        check(spec not in TINY_SPECS, "mode", f"qlora loads a checkpoint from disk in 4-bit; the in-process {spec!r} "
+                                              "model cannot be (save it with save_pretrained and pass its directory)")
+        import importlib.util
+
+        check(importlib.util.find_spec("bitsandbytes") is not None, "mode",
+              "qlora needs the bitsandbytes package (pip install 'bitsandbytes>=0.48')")
+    if script.mode in ("lora", "qlora"):
+        check_range("lora_r", model_args.lora_r, 1)
+        check_range("lora_alpha", model_args.lora_alpha, 0, lo_open=True)
+        check_range("lora_dropout", model_args.lora_dropout, 0, 1, hi_open=True)
     if script.sid_init not in (("auto", "random", "centroids") if scratch else ("auto", "semantic", "mean")):
         raise UserError(f"sid_init={script.sid_init!r}: choose semantic | mean (pretrained bases) or random | "
                          "centroids (scratch)")
@@ -136,17 +154,34 @@ def check_args(script: ScriptArguments, training: SFTConfig, model_args: ModelCo
         check_range(name, getattr(script, name), 1)
     check(script.scratch_hidden_size % script.scratch_heads == 0, "scratch_hidden_size",
           f"{script.scratch_hidden_size} is not divisible by scratch_heads={script.scratch_heads}")
-    for name in ("weight_seq_sid", "weight_title2sid", "weight_sid2title", "weight_seq_title"):
+    weights = ("weight_seq_sid", "weight_title2sid", "weight_sid2title", "weight_seq_title")
+    for name in weights:
         check_range(name, getattr(script, name), 0)
+    check(script.sequence_packing or any(getattr(script, name) > 0 for name in weights), "weight_seq_sid",
+          f"every task weight ({', '.join(weights)}) is 0: no training examples")
     check(script.train_splits, "train_splits", "is empty")
     for split in script.train_splits:
         check_choice("train_splits", split, ("train", "valid"))
     check_range("per_device_train_batch_size", training.per_device_train_batch_size, 1)
+    check_range("per_device_eval_batch_size", training.per_device_eval_batch_size, 1)
     check_range("gradient_accumulation_steps", training.gradient_accumulation_steps, 1)
     check_range("learning_rate", training.learning_rate, 0, lo_open=True)
+    check_range("weight_decay", training.weight_decay, 0)
+    check_range("dataloader_num_workers", training.dataloader_num_workers, 0)
+    check_range("max_length", training.max_length, 1, allow_none=True)
     check(training.max_steps != 0, "max_steps", "0 trains nothing; -1 = by num_train_epochs, or a positive count")
+    check(training.max_steps >= -1, "max_steps", f"{training.max_steps}: -1 = by num_train_epochs, or a positive "
+                                                 "count")
     check_range("num_train_epochs", training.num_train_epochs, 0, lo_open=True)
     check_seed("seed", training.seed)
+    if training.metric_for_best_model:
+        name = training.metric_for_best_model.removeprefix("eval_")
+        known = {"loss", "entropy", "mean_token_accuracy", "num_tokens", "runtime", "samples_per_second",
+                 "steps_per_second"} | (set(VALIDATION_METRICS) if script.val_rec_rows > 0 else set())
+        check(name in known, "metric_for_best_model", f"{training.metric_for_best_model!r} is not an evaluation "
+                                                      f"metric; choose from {sorted(known)}"
+                                                      + ("" if script.val_rec_rows > 0 else
+                                                         " (hr@K / ndcg@K need val_rec_rows > 0)"))
     if model_args.model_name_or_path not in (*SCRATCH_SPECS, *TINY_SPECS) and \
             not model_args.model_name_or_path.startswith("embedded:") and not script.allow_download:
         require_dir(model_args.model_name_or_path, "model_name_or_path (a local checkpoint; set allow_download: "
@@ -182,18 +217,53 @@ def check_catalogue(script: ScriptArguments, dataset, artifact) -> None:
     check(not missing, str(script.sid_dir), f"SID artifact names {len(missing)} items the dataset "
                                             f"{script.dataset_dir} does not have (e.g. {missing[:1]}); it was built "
                                             "for other data")
-    if script.val_rec_rows > 0:
-        from collections import Counter
+    built_from = (artifact.meta.get("inputs") or {}).get("dataset_hash")
+    check(built_from in (None, dataset.dataset_hash), str(script.sid_dir),
+          f"SID artifact built from dataset {str(built_from)[:12]}, but dataset_dir {script.dataset_dir} is "
+          f"{dataset.dataset_hash[:12]}; rebuild the SIDs for this dataset (python -m tokenization.build)")
+    from collections import Counter
 
-        sizes = Counter(dataset.items["domain"])
-        domains = script.domains or sorted(sizes)
-        unknown = [d for d in domains if d not in sizes]
-        check(not unknown, "domains", f"{unknown} not in the dataset (it has {sorted(sizes)})")
+    sizes = Counter(dataset.items["domain"])
+    domains = script.domains or sorted(sizes)
+    unknown = [d for d in domains if d not in sizes]
+    check(not unknown, "domains", f"{unknown} not in the dataset (it has {sorted(sizes)})")
+    have = set(artifact.item_ids)
+    keep = set(domains)
+    without = [i for i, d in zip(dataset.item_ids, dataset.items["domain"]) if d in keep and i not in have]
+    if without:
+        raise UserError(f"{script.sid_dir}: {len(without)} items of the dataset (domains {sorted(keep)}) have no SID "
+                        f"(e.g. {without[0]!r}); it was built for other data or other domains")
+    if script.val_rec_rows > 0:
         smallest = min(domains, key=lambda d: sizes[d])
         check(script.val_k <= sizes[smallest], "val_k", f"{script.val_k} is larger than domain {smallest!r} "
                                                         f"({sizes[smallest]} items)")
+    if script.sid_init == "centroids":
+        path = artifact.path / "codebooks" / "centroids.npy" if artifact.path else None
+        check(path is not None and path.is_file(), "sid_init", f"centroids needs RQ codebooks ({path} is missing; "
+                                                               "FSQ / external SIDs have none)")
 
 
+
+
+def check_truncation(trainer, n_examples: int, max_length: int | None, remove_dir: str | None) -> None:
+    """TRL cuts examples to ``max_length`` and drops those left without a completion token: refuse a length that
+    drops every example (removing the output directory the Trainer just created, ``remove_dir``), warn about cuts."""
+    import shutil
+
+    kept = len(trainer.train_dataset)
+    if kept == 0:
+        if remove_dir is not None and trainer.is_world_process_zero():
+            shutil.rmtree(remove_dir, ignore_errors=True)
+        raise UserError(f"max_length: {max_length} tokens cut the completion off every training example "
+                        f"({n_examples}); raise it or shorten history_len")
+    if max_length is not None and "input_ids" in trainer.train_dataset.column_names:
+        import pyarrow.compute as pc
+
+        lengths = pc.list_value_length(trainer.train_dataset.with_format(None).data.column("input_ids"))
+        cut = pc.sum(pc.greater_equal(lengths, max_length)).as_py() or 0
+        if cut or kept < n_examples:
+            log.warning("max_length %d: %d of %d training examples were cut short, %d dropped (no completion left)",
+                        max_length, cut, n_examples, n_examples - kept)
 
 
 def ensure_sid_vocabulary(model, tokenizer, artifact, init: str, dataset) -> dict:
@@ -320,8 +390,10 @@ def train(script: ScriptArguments, training: SFTConfig, model_args: ModelConfig)
         callbacks.append(SidRowGuard(trainable_embedding_params(model), sid_ids).install())
     log.info("parameters: %s", count_parameters(model))
 
+    created = not Path(training.output_dir).exists()
     trainer = SFTTrainer(model=model, args=training, train_dataset=train_ds, eval_dataset=valid_ds,
                          processing_class=tokenizer, callbacks=callbacks)
+    check_truncation(trainer, len(train_ds), training.max_length, training.output_dir if created else None)
     if script.mode == "qlora":
         upcast_trainable(trainer.model)  # before the optimizer exists; see sft.modeling.upcast_trainable
     if script.time_budget_minutes is not None:  # its own bar shows the budget; the step bar's total would not

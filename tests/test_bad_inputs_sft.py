@@ -55,7 +55,36 @@ def swap_codes(d):
     np.save(d / "codes.npy", codes)
 
 
+def truncate_codes(d):
+    data = (d / "codes.npy").read_bytes()
+    (d / "codes.npy").write_bytes(data[: len(data) // 2])
+
+
+def dataset_copy(pipeline, tmp_path, edit):
+    dst = tmp_path / "dataset_copy"
+    shutil.copytree(pipeline[0], dst)
+    edit(dst)
+    return dst
+
+
+def partial_artifact(pipeline, tmp_path):
+    """SIDs for 5 of the dataset's 6 items."""
+    ids = json.loads((pipeline[1] / "item_ids.json").read_text())[:5]
+    write_sid_artifact(tmp_path / "partial_sids", ids, np.array([[k // 3, k % 3] for k in range(5)]),
+                       {"codebook_sizes": [2, 3]})
+    return tmp_path / "partial_sids"
+
+
+def artifact_of_another_dataset(pipeline, tmp_path):
+    """The same items, but the artifact records that it was built from another dataset."""
+    ids = json.loads((pipeline[1] / "item_ids.json").read_text())
+    write_sid_artifact(tmp_path / "foreign_sids", ids, np.array([[k // 3, k % 3] for k in range(6)]),
+                       {"codebook_sizes": [2, 3], "inputs": {"dataset_hash": "0" * 64}})
+    return tmp_path / "foreign_sids"
+
+
 C = lambda *a: list(a)  # noqa: E731
+SCRATCH = ("--model_name_or_path", "scratch", "--mode", "full", "--weight_title2sid", "0")
 CASES = [
     ("unknown_key", lambda p, t: ["--config", str(write(t / "c.yaml", CONFIG.read_text() + "lora_rnak: 8\n"))],
      "unknown config key(s): lora_rnak"),
@@ -100,6 +129,44 @@ CASES = [
     ("resume_without_optimizer", lambda p, t: ["--resume_from_checkpoint", str(fake_checkpoint(t))],
      "has no optimizer.pt"),
     ("output_is_a_file", lambda p, t: ["--output_dir", str(write(t / "out_file", "precious"))], "is an existing file"),
+    ("output_parent_is_a_file", lambda p, t: ["--output_dir", str(write(t / "parent_file", "x") / "out")],
+     "output directory's parent is a file"),
+    ("config_not_a_mapping", lambda p, t: ["--config", str(write(t / "c.yaml", "- a\n- b\n"))],
+     "must contain a YAML mapping"),
+    ("bool_as_word", C("--train_sid_rows", "maybe"), "--train_sid_rows"),
+    ("max_steps_negative", C("--max_steps", "-5"), "max_steps: -5: -1 = by num_train_epochs"),
+    ("lora_r_zero", C("--lora_r", "0"), "`lora_r` must be in [1, inf], got 0"),
+    ("lora_alpha_negative", C("--lora_alpha", "-1"), "`lora_alpha` must be in (0, inf], got -1"),
+    ("lora_dropout_one", C("--lora_dropout", "1.0"), "`lora_dropout` must be in [0, 1), got 1.0"),
+    ("max_length_zero", C("--max_length", "0"), "`max_length` must be in [1, inf], got 0"),
+    ("eval_batch_size_zero", C("--per_device_eval_batch_size", "0"), "`per_device_eval_batch_size` must be in [1"),
+    ("weight_decay_negative", C("--weight_decay", "-0.1"), "`weight_decay` must be in [0, inf], got -0.1"),
+    ("workers_negative", C("--dataloader_num_workers", "-1"), "`dataloader_num_workers` must be in [0, inf]"),
+    ("unknown_metric", C("--metric_for_best_model", "ndcg@50"), "metric_for_best_model: 'ndcg@50' is not an"),
+    ("metric_without_validation", C("--metric_for_best_model", "ndcg@10", "--val_rec_rows", "0"),
+     "hr@K / ndcg@K need val_rec_rows > 0"),
+    ("qlora_on_tiny", C("--mode", "qlora"), "mode: qlora loads a checkpoint from disk in 4-bit"),
+    ("unknown_embedded_model", C("--model_name_or_path", "embedded:gpt5"), "unknown embedded model 'embedded:gpt5'"),
+    ("scratch_qwen2_dropout", C("--model_name_or_path", "scratch:qwen2", "--mode", "full", "--weight_title2sid", "0",
+                                "--scratch_dropout", "0.1"), "are built on llama"),
+    ("centroids_without_codebooks", C(*SCRATCH, "--sid_init", "centroids"), "sid_init: centroids needs RQ codebooks"),
+    ("no_task_weight", C("--weight_seq_sid", "0", "--weight_title2sid", "0"), "is 0: no training examples"),
+    ("unknown_domain_no_validation", C("--domains", "Nope", "--val_rec_rows", "0"), "domains: ['Nope'] not in"),
+    ("corrupt_dataset_meta", lambda p, t: ["--dataset_dir", str(dataset_copy(p, t, lambda d: write(d / "meta.json",
+                                                                                                  "{x")))],
+     "dataset_copy/meta.json, line 1: a dataset directory's meta.json is not valid JSON"),
+    ("dataset_without_meta", lambda p, t: ["--dataset_dir", str(dataset_copy(p, t,
+                                                                              lambda d: (d / "meta.json").unlink()))],
+     "not a dataset_dir: no meta.json inside"),
+    ("truncated_sid_codes", lambda p, t: ["--sid_dir", str(sid_copy(p, t, truncate_codes))],
+     "sids_copy/codes.npy: content changed"),
+    ("sids_for_part_of_the_items", lambda p, t: ["--sid_dir", str(partial_artifact(p, t))],
+     "1 items of the dataset (domains ['Mini']) have no SID"),
+    ("sids_built_from_another_dataset", lambda p, t: ["--sid_dir", str(artifact_of_another_dataset(p, t))],
+     "SID artifact built from dataset 000000000000, but dataset_dir"),
+    ("resume_not_a_checkpoint", lambda p, t: ["--resume_from_checkpoint", str((t / "empty_ckpt").mkdir() or
+                                                                             t / "empty_ckpt")],
+     "not a Trainer checkpoint (no trainer_state.json)"),
 ]
 
 
@@ -131,4 +198,4 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(pipeline, tmp_path, cap
 
 
 def test_enough_cases():
-    assert len(CASES) >= 30
+    assert len(CASES) >= 55

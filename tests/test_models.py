@@ -37,7 +37,7 @@ def test_layer_truncation():
     model, _ = load_causal_lm("tiny", num_layers=1)
     assert len(model.model.layers) == 1 and model.config.num_hidden_layers == 1
     model(torch.tensor([[1, 2, 3]]))  # still runs
-    with pytest.raises(ValueError, match="num_layers must be in 1..2"):
+    with pytest.raises(ValueError, match="num_layers: must be in 1..2"):
         load_causal_lm("tiny", num_layers=3)
 
 

@@ -200,3 +200,22 @@ def test_time_budget_bar_counts_minutes_not_the_epoch_step_total(pipeline, tmp_p
 def test_the_completion_test_catches_loss_on_the_prompt(pipeline, tmp_path):
     with pytest.raises(AssertionError):
         test_loss_is_on_the_completion_only(pipeline, tmp_path, extra=("--completion_only_loss", "false"))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--max_length", "40"), "max_length: 40 tokens cut the completion off every training example (12)"),
+    (("--num_layers", "9"), "num_layers: must be in 1..2 (the model's decoder layers), got 9"),
+])
+def test_errors_found_once_the_model_is_loaded_are_one_line_and_leave_nothing(pipeline, tmp_path, capsys, extra,
+                                                                              message):
+    """Item 6: a max_length that leaves no completion failed in torch's sampler (`num_samples=0`) after the Trainer
+    had created output_dir; too many layers was a ValueError traceback."""
+    from sft.train import main
+
+    dataset_dir, sid_dir = pipeline
+    out = tmp_path / "out"
+    assert main(["--config", CONFIG, "--dataset_dir", str(dataset_dir), "--sid_dir", str(sid_dir),
+                 "--output_dir", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
