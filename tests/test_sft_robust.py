@@ -170,31 +170,34 @@ def test_domain_adapter_without_weights_is_a_local_error(pipeline, bases, tmp_pa
 
 
 def test_loss_is_on_the_completion_only(pipeline, tmp_path, extra=()):
-    """A TRL default change would silently put loss on the prompt: pin the labels the trainer really uses."""
+    """A TRL default change would silently put loss on the prompt: pin the labels the trainer really uses (its own
+    tokenized dataset and collator, as sft/train.py builds them) against the prompt / completion tokenized here."""
     trainer = run(pipeline, tmp_path / "m", "--max_steps", "1", *extra)
     tok = trainer.processing_class
-    example = trainer.train_dataset[0]
-    batch = trainer.data_collator([example])
-    ids, labels = batch["input_ids"][0], batch["labels"][0]
-    keep = (labels != -100).nonzero().flatten()
-    assert len(keep) >= 2
-    start = int(keep[0])
-    assert torch.equal(keep, torch.arange(start, start + len(keep)))  # one contiguous labelled span ...
-    assert torch.equal(labels[keep], ids[keep])                          # ... whose labels are its own ids
-    tokens = tok.convert_ids_to_tokens(ids.tolist())
-    labelled = tokens[start:start + len(keep)]
-    sid = [t for t in labelled if t.startswith(("<a_", "<b_"))]
-    assert len(sid) == 2 and "".join(sid) == example["completion"][0]["content"].strip() if isinstance(
-        example["completion"], list) else "".join(sid) in example["completion"]
-    assert all(t in sid or t in tok.all_special_tokens or not t.strip("Ċ") for t in labelled)  # SID + end only
-    history = [t for t in tokens[:start] if t.startswith(("<a_", "<b_"))]
-    assert history  # the prompt's history SIDs are all before the labelled span: no loss on them
+    examples = [trainer.train_dataset[i] for i in range(4)]
+    batch = trainer.data_collator(examples)
+    for row, example in enumerate(examples):
+        n_prompt = len(tok(example["prompt"], add_special_tokens=False)["input_ids"])
+        n_completion = len(tok(example["completion"], add_special_tokens=False)["input_ids"])
+        assert example["completion"].startswith("<a_") and n_completion == 3  # <a_i><b_j><|im_end|>
+        ids, labels = batch["input_ids"][row], batch["labels"][row]
+        n = int(batch["attention_mask"][row].sum())
+        assert n == n_prompt + n_completion
+        assert (labels[:n_prompt] == -100).all(), "loss on prompt tokens"
+        assert torch.equal(labels[n_prompt:n], ids[n_prompt:n]), "completion tokens not labelled with their ids"
+        assert (labels[n:] == -100).all(), "loss on padding"
 
 
 def test_time_budget_bar_counts_minutes_not_the_epoch_step_total(pipeline, tmp_path, capsys):
     run(pipeline, tmp_path / "m", "--max_steps", "-1", "--num_train_epochs", "1", "--time_budget_minutes", "0.002")
     err = capsys.readouterr().err
     assert "SFT (wall time budget)" in err and "/0.0 min" in err
+    import re
+
+    step_bar = re.compile(r"\d+/\d+ \[[\d:]+<[\d:]+, +[\d.]+(it/s|s/it)\]")  # the Trainer's epoch-total bar
+    assert not step_bar.search(err), err[-500:]
+    run(pipeline, tmp_path / "m2", "--max_steps", "2")
+    assert step_bar.search(capsys.readouterr().err)  # (without a budget it is still there)
 
 
 def test_the_completion_test_catches_loss_on_the_prompt(pipeline, tmp_path):
