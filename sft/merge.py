@@ -3,15 +3,16 @@
     python -m sft.merge --checkpoint artifacts/amazon18/sft --output_dir artifacts/amazon18/sft_merged
 
 Per-domain adapters are then trained on it with ``model_name_or_path: <output_dir>``, ``domains: [<domain>]``,
-``train_sid_rows: false`` (linear layers only, so every domain shares the merged SID rows).
+``train_sid_rows: false`` (linear layers only, so every domain shares the merged SID rows). A user error (a missing
+or non-SFT checkpoint, a qlora checkpoint, an output_dir that is a file) is one ``error:`` line and exit 2.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
-from trl import TrlParser
-
+from data_builders.cli import parse_config, run_cli
 from sft.modeling import merge_checkpoint
 
 
@@ -21,11 +22,15 @@ class MergeArgs:
     output_dir: str = field(metadata={"help": "where the merged full model goes"})
 
 
-def main(argv: list[str] | None = None) -> None:
-    (args,) = TrlParser((MergeArgs,)).parse_args_and_config(argv)
+def _main(argv: list[str]) -> None:
+    (args,) = parse_config((MergeArgs,), argv)
     out = merge_checkpoint(args.checkpoint, args.output_dir)
     print(f"merged {args.checkpoint} -> {out}")
 
 
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

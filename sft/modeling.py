@@ -263,8 +263,16 @@ def merge_checkpoint(path: str | Path, out_dir: str | Path) -> Path:
     The merged model is the shared base for per-domain adapters: they train linear layers only, so they stay
     swappable (and servable by vLLM) while every domain sees the same SID rows.
     """
+    from data_builders.cli import check, check_output_dir, read_json_file, require_dir
+
+    path = require_dir(path, "SFT checkpoint", containing="genrec_sft.json")
+    meta = read_json_file(path / "genrec_sft.json", "SFT checkpoint meta")
+    check(meta.get("mode") != "qlora", str(path), "a qlora checkpoint cannot be merged: its base is 4-bit, so "
+                                                  "merging re-quantises the weights and the result loads as neither "
+                                                  "a full nor a 4-bit base; train the shared model with mode: lora")
+    out = check_output_dir(out_dir, "merge output_dir")
+    check(out.resolve() != path.resolve(), str(out), "merge output_dir is the checkpoint itself")
     model, tok, artifact = load_sft_checkpoint(path)
-    meta = json.loads((Path(path) / "genrec_sft.json").read_text())
     merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
     merged.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)

@@ -199,3 +199,53 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(pipeline, tmp_path, cap
 
 def test_enough_cases():
     assert len(CASES) >= 55
+
+
+# ------------------------------------------------------------------------------------------------- python -m sft.merge
+
+
+def fake_sft_checkpoint(pipeline, tmp_path, mode="lora"):
+    """A checkpoint directory with a valid genrec_sft.json but no adapter files."""
+    from sft.modeling import sid_artifact_hash
+    from tokenization.artifact import load_sid_artifact
+
+    ckpt = tmp_path / f"ckpt_{mode}"
+    ckpt.mkdir()
+    meta = {"mode": mode, "model": "tiny", "num_layers": None, "sid_dir": str(pipeline[1]),
+            "sid_hash": sid_artifact_hash(load_sid_artifact(pipeline[1]))}
+    (ckpt / "genrec_sft.json").write_text(json.dumps(meta))
+    return ckpt
+
+
+MERGE_CASES = [
+    ("missing_checkpoint", lambda p, t: ["--checkpoint", str(t / "nowhere")], "SFT checkpoint not found"),
+    ("not_an_sft_checkpoint", lambda p, t: ["--checkpoint", str(t)], "not a SFT checkpoint: no genrec_sft.json"),
+    ("qlora_checkpoint", lambda p, t: ["--checkpoint", str(fake_sft_checkpoint(p, t, "qlora"))],
+     "a qlora checkpoint cannot be merged"),
+    ("adapter_missing", lambda p, t: ["--checkpoint", str(fake_sft_checkpoint(p, t))],
+     "a lora checkpoint without its adapter (adapter_config.json missing)"),
+    ("output_is_a_file", lambda p, t: ["--checkpoint", str(fake_sft_checkpoint(p, t)),
+                                       "--output_dir", str(write(t / "out_file", "precious"))],
+     "merge output_dir is an existing file"),
+    ("output_is_the_checkpoint", lambda p, t: ["--checkpoint", str(c := fake_sft_checkpoint(p, t)),
+                                               "--output_dir", str(c)], "merge output_dir is the checkpoint itself"),
+    ("output_dir_missing", lambda p, t: ["--checkpoint", str(t)], "the following arguments are required: "
+                                                                   "--output_dir"),
+]
+
+
+@pytest.mark.parametrize("case_id, extra, message", MERGE_CASES, ids=[c[0] for c in MERGE_CASES])
+def test_merge_bad_input_is_one_line_exit_2_and_writes_nothing(pipeline, tmp_path, capsys, case_id, extra, message):
+    from sft import merge
+
+    out = tmp_path / "merged"
+    args = extra(pipeline, tmp_path)
+    if "--output_dir" not in args and case_id != "output_dir_missing":
+        args += ["--output_dir", str(out)]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert merge.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert message in err, err
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -76,6 +76,20 @@ def test_reload_gives_the_trained_logits(pipeline, bases, tmp_path, base, mode, 
     assert diff < 1e-5, f"{base}/{mode}/train_sid_rows={train_sid_rows}: max logit difference {diff}"
 
 
+def test_merge_cli_gives_the_lora_checkpoints_logits(bases, tmp_path):
+    from pathlib import Path
+
+    from sft import merge
+
+    first = Path(bases["merged"]).parent / "first"
+    assert merge.main(["--checkpoint", str(first), "--output_dir", str(tmp_path / "m")]) == 0
+    lora, tok, _ = load_sft_checkpoint(first)
+    merged, _, _ = load_sft_checkpoint(tmp_path / "m")
+    ids = tok(PROBE, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert (lora(ids).logits - merged(ids).logits).abs().max().item() < 1e-5
+
+
 def test_qlora_trains_with_validation_on_cpu(pipeline, bases, tmp_path):
     """QLoRA's constrained validation ran the bf16-cast model in fp32 and crashed (dtype mismatch)."""
     trainer = run(pipeline, tmp_path / "q", "--model_name_or_path", bases["tied"], "--mode", "qlora",
