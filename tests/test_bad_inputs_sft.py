@@ -83,6 +83,19 @@ def artifact_of_another_dataset(pipeline, tmp_path):
     return tmp_path / "foreign_sids"
 
 
+def embeddings_dir(pipeline, tmp_path, dataset_hash=None, n_items=6, meta_text=None):
+    """An item-text embeddings directory for the tiny dataset (of another dataset with ``dataset_hash``)."""
+    from data_builders.dataset import load_rec_dataset
+
+    d = tmp_path / "emb"
+    d.mkdir()
+    np.save(d / "embeddings.npy", np.zeros((n_items, 4), dtype=np.float32))
+    meta = {"format": "genrec-embeddings/1", "n_items": 6, "dim": 4,
+            "dataset_hash": dataset_hash or load_rec_dataset(pipeline[0]).dataset_hash}
+    (d / "meta.json").write_text(meta_text if meta_text is not None else json.dumps(meta))
+    return d
+
+
 C = lambda *a: list(a)  # noqa: E731
 SCRATCH = ("--model_name_or_path", "scratch", "--mode", "full", "--weight_title2sid", "0")
 CASES = [
@@ -125,6 +138,15 @@ CASES = [
     ("sids_of_other_data", lambda p, t: ["--sid_dir", str(other_artifact(t))], "it was built for other data"),
     ("missing_text_embeddings", C("--model_name_or_path", "scratch", "--mode", "full", "--weight_title2sid", "0",
                                   "--item_text_embeddings", "/nonexistent/emb"), "item_text_embeddings not found"),
+    ("corrupt_text_embeddings_meta", lambda p, t: [*SCRATCH, "--item_text_embeddings",
+                                                   str(embeddings_dir(p, t, meta_text="{x"))],
+     "emb/meta.json, line 1"),
+    ("text_embeddings_of_another_dataset", lambda p, t: [*SCRATCH, "--item_text_embeddings",
+                                                         str(embeddings_dir(p, t, dataset_hash="0" * 64))],
+     "embeddings were built from dataset 000000000000"),
+    ("text_embeddings_wrong_shape", lambda p, t: [*SCRATCH, "--item_text_embeddings",
+                                                  str(embeddings_dir(p, t, n_items=5))],
+     "embeddings.npy: shape (5, 4) does not match meta (6, 4)"),
     ("resume_missing", C("--resume_from_checkpoint", "/nonexistent/ckpt"), "resume_from_checkpoint not found"),
     ("resume_without_optimizer", lambda p, t: ["--resume_from_checkpoint", str(fake_checkpoint(t))],
      "has no optimizer.pt"),

@@ -236,3 +236,22 @@ def test_errors_found_once_the_model_is_loaded_are_one_line_and_leave_nothing(pi
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_max_length_cuts_and_drops_are_reported(caplog):
+    """TRL cuts examples to max_length (a SID can lose its last token) and drops those left without a completion:
+    say how many, instead of training on them silently."""
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    from sft.train import check_truncation
+
+    kept = Dataset.from_dict({"input_ids": [[1] * 5, [1] * 10, [1] * 10]})
+    trainer = SimpleNamespace(train_dataset=kept, is_world_process_zero=lambda: True)
+    with caplog.at_level("WARNING", logger="sft.train"):
+        check_truncation(trainer, 4, 10, None)
+    assert "max_length 10: 2 of 4 training examples were cut short, 1 dropped" in caplog.text
+    caplog.clear()
+    check_truncation(trainer, 3, 11, None)
+    assert not caplog.text
