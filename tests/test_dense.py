@@ -10,7 +10,7 @@ import types
 import numpy as np
 import pytest
 import torch
-from test_eval import TINY_CONFIG, write_tiny
+from test_eval import REPO, TINY_CONFIG, write_tiny
 
 from eval import run
 from eval.dense.bm25 import BM25, tokenize
@@ -500,3 +500,12 @@ def test_bad_dense_settings_stop_the_cli_before_any_method_fits(tiny, tmp_path, 
     err = capsys.readouterr().err
     assert rc == 2 and message in err and "Traceback" not in err
     assert not out.exists()  # popularity did not run first: nothing (not even metrics.partial.json) written
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "configs" / "eval").glob("*dense*.yaml")), ids=lambda p: p.stem)
+def test_dense_configs_parse_as_the_cli_parses_them(config):
+    """The CLI's strict parser (types of every value, e.g. dense_sweep_values is a list of strings), not TrlParser."""
+    from data_builders.cli import parse_config
+
+    (args,) = parse_config((run.EvalArgs,), ["--config", str(config)])
+    run.check_args(args)
