@@ -83,10 +83,13 @@ def recommend_with_generate(
     config = build_generation_config(sid_length=trie.levels, eos_token_id=eos, pad_token_id=pad, mode=mode,
                                      num_beams=n_seq, num_return_sequences=n_seq, temperature=temperature)
     results: list[list[tuple[str, float]]] = [[] for _ in histories]
+    # one processor for every batch: its reused output buffer is allocated once (safe here: beam search copies
+    # the processed scores before storing them; greedy/sampling keep only the raw logits, see the config)
+    processor = SidTrieLogitsProcessor(trie, roots[:1], eos_token_id=eos, pad_token_id=pad, reuse_output=True)
     for batch in tqdm(_batches(len(histories), batch_size), disable=not show_progress, desc=f"generate ({mode})"):
         ids, mask = encode_prompts(tokenizer, history_prompts(tokenizer, catalogue, [histories[i] for i in batch],
                                                               max_history), model.device)
-        processor = SidTrieLogitsProcessor(trie, roots[batch], eos_token_id=eos, pad_token_id=pad)
+        processor.reset(roots[batch])
         out = generate_constrained(model, ids, mask, processor, config)
         sids = out.sequences[:, ids.shape[1]:].cpu()  # [b*n, L+1]
         scores = _sequence_scores(out, sids, mode).cpu()  # [b*n]

@@ -5,7 +5,10 @@
   many beams as items must return exactly this ranking (same items, same order up to ties).
 * :func:`allowed_next_tokens` — the set of tokens that may follow a prefix, by scanning every SID.
 * :class:`DictPrefixAllowedTokens` — the approach peers use: ``prefix_allowed_tokens_fn`` over a Python dict keyed
-  by the full generated prefix, called once per row per step (a correct trie, just slow); the benchmark baseline.
+  by the full generated prefix, called once per row per step (a correct trie, just slow).
+* :class:`PerRowDictProcessor` — the benchmark baseline: a logits processor that behaves like the peers' ones
+  (MiniOneRec / LC-Rec): that dict looked up row by row, ``mask[row, allowed] = 0`` on a fresh ``-inf`` tensor,
+  then ``scores + mask``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import LogitsProcessor
 
 from data_builders.prompts import DEFAULT_MAX_HISTORY
 from decoding.catalogue import Catalogue
@@ -84,3 +88,23 @@ class DictPrefixAllowedTokens:
         if len(prefix) >= self.levels:
             return self.eos
         return self.next.get(prefix, self.eos)
+
+
+class PerRowDictProcessor(LogitsProcessor):
+    """A faithful stand-in for the peers' constrained-decoding processors (written here, not copied).
+
+    What MiniOneRec and LC-Rec do per decoding step (their processors wrap a ``prefix_allowed_tokens_fn`` over a
+    dict of prefixes, like HF's ``PrefixConstrainedLogitsProcessor`` before it gained an "unsatisfiable" check):
+    a fresh dense ``-inf`` mask [R, V]; for every row, its generated tokens as a tuple, a dict lookup of the
+    allowed next ids, ``mask[row, allowed] = 0``; then ``scores + mask`` (a second dense tensor). The constraint
+    is the same as :func:`decoding.processor.constrain_scores` for steps 0..L (tested), so beams are identical.
+    """
+
+    def __init__(self, allowed: DictPrefixAllowedTokens):
+        self.allowed = allowed
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        mask = torch.full_like(scores, float("-inf"))
+        for row in range(input_ids.shape[0]):
+            mask[row, self.allowed(row, input_ids[row])] = 0
+        return scores + mask

@@ -228,6 +228,7 @@ class TrieTables:
     bit_lut: torch.Tensor  # [256, 8] bool
     spans: list[int]  # spans[t] = W_0 * ... * W_{t-1}: a root's key stride at depth t (Python ints: no syncs)
     max_token_id: int
+    min_token_id: int = 0  # smallest SID token id: columns [min_token_id, max_token_id] hold every SID token
 
     @classmethod
     def from_trie(cls, trie: SidTrie, device: torch.device) -> "TrieTables":
@@ -247,7 +248,7 @@ class TrieTables:
                    bits=[to(b) for b in trie.bits], leaf_item=to(trie.leaf_item), code_table=to(code_table),
                    radix=to(radix), bit_lut=_BIT_LUT.bool().to(device),
                    spans=[int(np.prod(widths[:t], dtype=np.int64)) for t in range(trie.levels + 1)],
-                   max_token_id=max_token)
+                   max_token_id=max_token, min_token_id=int(min(v[0] for v in trie.vocab)))
 
     @property
     def levels(self) -> int:

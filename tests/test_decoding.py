@@ -9,9 +9,9 @@ from test_decoding_fixtures import histories_for, sid_model, small_catalogue
 from transformers import GenerationConfig
 
 from decoding.generation import build_generation_config, check_generation_defaults
-from decoding.processor import SidTrieLogitsProcessor, constrain_rows, constrain_scores
+from decoding.processor import MaskBuffer, SidTrieLogitsProcessor, constrain_rows, constrain_scores
 from decoding.recommend import encode_prompts, generate_constrained, history_prompts, recommend_with_generate
-from decoding.reference import allowed_next_tokens
+from decoding.reference import DictPrefixAllowedTokens, PerRowDictProcessor, allowed_next_tokens
 
 INSTRUCT_DEFAULTS = dict(do_sample=True, top_k=20, top_p=0.8, temperature=0.7, repetition_penalty=1.05)
 
@@ -69,6 +69,87 @@ def test_constrain_rows_per_row_depth_equals_uniform_path(setup):
                                torch.cat([full[r:r + 1], full.new_full((1, 2), tok.eos_token_id)], 1)[:, :d],
                                tok.eos_token_id, tok.pad_token_id)
         assert torch.equal(per_row[r:r + 1], one), r
+
+
+def test_reused_mask_buffer_equals_a_fresh_mask_at_every_step_without_allocating(setup):
+    """#11 item 17: the in-place path (one buffer, re-filled over the SID range only) gives exactly the fresh
+    tensor's values, step after step, across domains, dead prefixes, finished rows and tampering."""
+    catalogue, _, tok = setup
+    trie, seqs = catalogue.trie(tok), catalogue.token_ids(tok)
+    tables, eos, pad = trie.tables("cpu"), tok.eos_token_id, tok.pad_token_id
+    finished = np.concatenate([seqs, np.full((len(seqs), 1), eos), np.full((len(seqs), 1), pad)], axis=1)
+    rng = np.random.default_rng(1)
+    roots = torch.tensor([trie.root(d) for d in ("d0", "d1", None)] * 6)
+    rows = [np.flatnonzero(np.array(catalogue.domains) == d)[i] if d else i
+            for i, d in enumerate(["d0", "d1", None] * 6)]
+    prefixes = finished[rows]
+    prefixes[-3:, :trie.levels] = rng.choice(np.unique(seqs), (3, trie.levels))  # junk: leaves the trie
+    buffer, pointers = MaskBuffer(), set()
+    for rounds in range(2):  # a second generate call through the same buffer (as recommend_with_generate does)
+        for step in range(trie.levels + 2):
+            scores = torch.randn(len(roots), len(tok) + 5)
+            raw = scores.clone()
+            generated = torch.from_numpy(prefixes[:, :step])
+            fresh = constrain_scores(scores, tables, roots, generated, eos, pad)
+            reused = constrain_scores(scores, tables, roots, generated, eos, pad, buffer=buffer)
+            assert torch.equal(reused, fresh), (rounds, step)
+            assert torch.equal(scores, raw)  # the input is never written
+            pointers.add(reused.data_ptr())
+    assert len(pointers) == 1  # one allocation for all 2 x (L+2) steps
+    reused[:, 0] = 7.0  # someone else writes into the returned tensor: the next step must not inherit it
+    scores = torch.randn(len(roots), len(tok) + 5)
+    assert torch.equal(constrain_scores(scores, tables, roots, torch.from_numpy(prefixes[:, :1]), eos, pad,
+                                        buffer=buffer),
+                       constrain_scores(scores, tables, roots, torch.from_numpy(prefixes[:, :1]), eos, pad))
+    with torch.inference_mode():  # inference tensors have no version counter: still exact
+        for step in (0, 2, 1):
+            generated = torch.from_numpy(prefixes[:, :step])
+            assert torch.equal(constrain_scores(scores, tables, roots, generated, eos, pad, buffer=MaskBuffer()),
+                               constrain_scores(scores, tables, roots, generated, eos, pad))
+    smaller = torch.randn(4, len(tok) + 5)  # another shape (the last, partial batch): a new buffer tensor
+    assert torch.equal(constrain_scores(smaller, tables, roots[:4], torch.from_numpy(prefixes[:4, :2]), eos, pad,
+                                        buffer=buffer),
+                       constrain_scores(smaller, tables, roots[:4], torch.from_numpy(prefixes[:4, :2]), eos, pad))
+
+
+def test_benchmark_baseline_per_row_processor_masks_exactly_like_ours(setup):
+    """The benchmark's stand-in for the peers' per-row processors is a correct trie: same masked scores as
+    constrain_scores at every SID step (real prefixes and junk), so the two runs find the same beams."""
+    catalogue, _, tok = setup
+    trie, seqs = catalogue.trie(tok), catalogue.token_ids(tok)
+    prompt = torch.randint(0, 50, (16, 7))
+    peer = PerRowDictProcessor(DictPrefixAllowedTokens(seqs, prompt_length=7, eos_token_id=tok.eos_token_id))
+    rng = np.random.default_rng(2)
+    gen = np.concatenate([seqs[rng.integers(0, len(seqs), 12)], rng.choice(np.unique(seqs), (4, trie.levels))])
+    for step in range(trie.levels + 1):
+        scores = torch.randn(16, len(tok))
+        generated = torch.from_numpy(gen[:, :step])
+        ours = constrain_scores(scores, trie.tables("cpu"), torch.full((16,), trie.root(None)), generated,
+                                tok.eos_token_id, tok.pad_token_id)
+        assert torch.equal(peer(torch.cat([prompt, generated], 1), scores), ours), step
+
+
+@pytest.mark.parametrize("mode,n", [("greedy", 1), ("beam", 6), ("sample", 6)])
+def test_reuse_output_processor_generates_exactly_what_the_allocating_one_does(setup, mode, n):
+    catalogue, model, tok = setup
+    trie = catalogue.trie(tok)
+    histories = histories_for(catalogue, lengths=(1, 3, 6))
+    ids, mask = encode_prompts(tok, history_prompts(tok, catalogue, histories))
+    roots = [trie.root(d) for d in ("d0", None, "d1")]
+    config = build_generation_config(sid_length=trie.levels, eos_token_id=tok.eos_token_id,
+                                     pad_token_id=tok.pad_token_id, mode=mode, num_beams=n, num_return_sequences=n)
+    outs = []
+    for reuse in (False, True):
+        torch.manual_seed(5)
+        proc = SidTrieLogitsProcessor(trie, roots, tok.eos_token_id, tok.pad_token_id, reuse_output=reuse)
+        outs.append(generate_constrained(model, ids, mask, proc, config))
+    old, new = outs
+    assert torch.equal(old.sequences, new.sequences)
+    stored = "scores" if mode == "beam" else "logits"  # what each mode's config keeps
+    assert all(torch.equal(a, b) for a, b in zip(getattr(old, stored), getattr(new, stored)))
+    if mode == "beam":
+        assert torch.equal(old.sequences_scores, new.sequences_scores)
+        assert len({s.data_ptr() for s in new.scores}) == len(new.scores)  # HF stored copies, not the buffer
 
 
 # ----------------------------------------------------------------------------- end to end through generate
