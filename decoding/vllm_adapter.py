@@ -18,14 +18,30 @@ Usage (the trie file is read inside vLLM's worker processes, hence a path, not a
     llm = LLM(model=ckpt, logits_processors=["decoding.vllm_adapter:SidTrieVllmProcessor"])
     params = SamplingParams(n=8, temperature=1.0, max_tokens=levels + 1, extra_args=sid_extra_args("Toys"))
 
-Scope: the V1 model runner interface (on vLLM versions whose default is Model Runner V2, set
-``VLLM_USE_V2_MODEL_RUNNER=0``); vLLM rejects custom logits processors under speculative decoding;
-``LLM.beam_search`` ignores logits processors, so beam evaluation stays on the HF path (:mod:`decoding.recommend`).
-Requests without the ``sid_domain`` extra arg are left unconstrained.
+Robustness inside the engine (a raise in ``update_state``/``apply`` would take the engine down):
+
+* an unknown domain is rejected up front by ``validate_params`` (``ValueError`` for that request only; it reads the
+  trie's domain names from ``$GENREC_SID_TRIE``). Should one reach ``update_state`` anyway (the variable unset in
+  the front-end process), the request is logged and may only emit EOS: an empty answer, never another domain's item.
+* ``-1`` placeholders (async scheduling appends one per step for a sampled token still on the GPU; vLLM patches them
+  in place for processors that need token values, which ``needs_output_token_ids`` declares) mean "not yet known":
+  such a row is not walked down the trie (a -1 would fall off it and end the SID early); it keeps the SID *shape*
+  (any code of its level, then EOS) for that step, with a warning, and is exact again once the id is patched.
+
+Scope: vLLM ``>=0.11,<0.32`` (pinned in ``pyproject.toml``), the V1 model runner's ``LogitsProcessor`` /
+``BatchUpdate`` interface (``AddedRequest = (index, params, prompt_tok_ids, output_tok_ids)``), checked against
+vLLM's source; not run on a real engine here (no GPU). vLLM >= 0.32 defaults to Model Runner V2, whose logits
+processors have another interface: set ``VLLM_USE_V2_MODEL_RUNNER=0`` there (building the class warns otherwise).
+vLLM rejects custom logits processors under speculative decoding; ``LLM.beam_search`` ignores logits processors,
+so beam evaluation stays on the HF path (:mod:`decoding.recommend`). Requests without the ``sid_domain`` extra arg
+are left unconstrained.
 """
 
 from __future__ import annotations
 
+import functools
+import re
+import logging
 import os
 from typing import Any
 
@@ -34,9 +50,13 @@ import torch
 from decoding.processor import constrain_rows
 from decoding.trie import SidTrie, load_trie, save_trie
 
+log = logging.getLogger(__name__)
+
 ENV_TRIE = "GENREC_SID_TRIE"
 EXTRA_KEY = "sid_domain"  # SamplingParams.extra_args key; value = domain name, or None for the whole catalogue
 _CLASS_NAME = "SidTrieVllmProcessor"
+PLACEHOLDER = -1  # an output token id async scheduling has not copied back to the host yet
+SUPPORTED_VLLM = ((0, 11), (0, 32))  # [low, high): V1 model runner interface; = pyproject.toml's vllm pin
 _cached_class = None
 
 
@@ -53,10 +73,47 @@ def export_trie_for_vllm(catalogue, tokenizer, path) -> SidTrie:
     return trie
 
 
+def check_sid_params(extra_args: dict | None, domains: set | None) -> None:
+    """What ``validate_params`` checks (ValueError rejects the request, not the engine): ``extra_args[sid_domain]``
+    is a str or None and, when the trie's ``domains`` are known, one of them."""
+    if not extra_args or EXTRA_KEY not in extra_args:
+        return
+    domain = extra_args[EXTRA_KEY]
+    if domain is not None and not isinstance(domain, str):
+        raise ValueError(f"extra_args[{EXTRA_KEY!r}] must be a domain name or None, got {domain!r}")
+    if domains is not None and domain not in domains:
+        known = sorted(str(d) for d in domains if d is not None)
+        raise ValueError(f"extra_args[{EXTRA_KEY!r}] = {domain!r} is not a domain of the SID trie; known: {known} "
+                         "(None = all items)")
+
+
+@functools.lru_cache(maxsize=4)
+def trie_domains(path: str) -> frozenset:
+    """Root names of the trie file at ``path`` (read once per path)."""
+    return frozenset(load_trie(path)[0].roots)
+
+
+def vllm_version_warning(version: str, env: dict) -> str | None:
+    """Why this vLLM may not run the processor as tested (None if it should): outside ``SUPPORTED_VLLM``, or a
+    version defaulting to Model Runner V2 without ``VLLM_USE_V2_MODEL_RUNNER=0``."""
+    parts = tuple(int(p) for p in re.findall(r"\d+", version)[:2])
+    low, high = SUPPORTED_VLLM
+    if parts < low:
+        return f"vLLM {version} is older than the supported range >={low[0]}.{low[1]},<{high[0]}.{high[1]}"
+    if parts >= high and env.get("VLLM_USE_V2_MODEL_RUNNER") != "0":
+        return (f"vLLM {version} defaults to Model Runner V2, whose logits processors have another interface; set "
+                f"VLLM_USE_V2_MODEL_RUNNER=0 (supported range >={low[0]}.{low[1]},<{high[0]}.{high[1]})")
+    if parts >= high:
+        return f"vLLM {version} is newer than the supported range <{high[0]}.{high[1]}"
+    return None
+
+
 class TrieBatchState:
     """Which batch rows are constrained, under which root, and their live output-token lists.
 
     ``output_ids`` are vLLM's own running lists (it appends to them), so ``apply`` always sees the latest tokens.
+    Nothing here raises on request data: an unknown domain gets root -1 (EOS only), a ``-1`` placeholder token
+    is "not yet known" (see the module docstring).
     """
 
     def __init__(self, trie: SidTrie, eos_token_id: int, pad_token_id: int | None = None,
@@ -69,7 +126,13 @@ class TrieBatchState:
         """A request joined at ``index`` (replacing whatever was there); constrained iff it asks for it."""
         self.requests.pop(index, None)
         if extra_args and EXTRA_KEY in extra_args:
-            self.requests[index] = (self.trie.root(extra_args[EXTRA_KEY]), output_ids)
+            domain = extra_args[EXTRA_KEY]
+            root = self.trie.roots.get(domain, -1) if isinstance(domain, (str, type(None))) else -1
+            if root < 0:  # validate_params rejects these; raising here would stop the engine for every request
+                log.error("%s: extra_args[%r] = %r is not a domain of the SID trie (known: %s); the request may "
+                          "only emit EOS", _CLASS_NAME, EXTRA_KEY, domain,
+                          sorted(str(d) for d in self.trie.roots if d is not None))
+            self.requests[index] = (root, output_ids)
 
     def remove(self, index: int) -> None:
         self.requests.pop(index, None)
@@ -103,14 +166,34 @@ class TrieBatchState:
         outputs = [self.requests[i][1] for i in index]
         # the only per-request Python work: reading vLLM's token lists (at most L+1 ids each)
         prefix = [list(out[:levels]) + [-1] * (levels - min(len(out), levels)) for out in outputs]
+        depth = [len(o) for o in outputs]
+        unknown = [PLACEHOLDER in p[:d] for p, d in zip(prefix, depth)]
         rows = torch.tensor(index, dtype=torch.long, device=logits.device)
         tables = self.trie.tables(logits.device)
         masked = constrain_rows(
             logits[rows], tables, torch.tensor(roots, device=logits.device),
             torch.tensor(prefix, dtype=torch.long, device=logits.device),
-            torch.tensor([len(o) for o in outputs], device=logits.device), self.eos, self.pad)
+            torch.tensor(depth, device=logits.device), self.eos, self.pad)
+        for r in (r for r, u in enumerate(unknown) if u):  # rare: placeholders vLLM has not patched
+            masked[r] = self._shape_only(logits[index[r]], depth[r])
         logits[rows] = masked
         return logits
+
+    def _shape_only(self, scores: torch.Tensor, depth: int) -> torch.Tensor:
+        """A row whose prefix holds a placeholder: any code of level ``depth`` (EOS after L tokens; pad after EOS)
+        — not walked down the trie, whose answer would be "off the trie: end now"."""
+        if not getattr(self, "_warned", False):
+            self._warned = True
+            log.warning("%s: an output token list holds %d placeholders (async scheduling); those rows are "
+                        "constrained to the SID shape only until vLLM patches the ids (run with "
+                        "--no-async-scheduling if this persists)", _CLASS_NAME, PLACEHOLDER)
+        out = torch.full_like(scores, float("-inf"))  # [V]
+        tables = self.trie.tables(scores.device)
+        keep = tables.vocab[depth] if depth < self.trie.levels else torch.tensor(
+            [self.eos] if depth == self.trie.levels or self.pad is None else [self.eos, self.pad],
+            device=scores.device)
+        out[keep] = scores[keep]
+        return out
 
 
 def _trie_path(vllm_config) -> str:
@@ -125,20 +208,27 @@ def _trie_path(vllm_config) -> str:
 
 def _build_class():
     try:
+        import vllm
         from vllm.v1.sample.logits_processor import LogitsProcessor
     except ImportError as e:
         raise ImportError(f"{_CLASS_NAME} needs vLLM (GPU machines: `pip install genrec[vllm]` in its own "
                           f"environment); the HF path decoding.recommend works without it ({e})") from None
+    warning = vllm_version_warning(getattr(vllm, "__version__", "0"), dict(os.environ))
+    if warning:
+        log.warning("%s: %s", _CLASS_NAME, warning)
 
     class SidTrieVllmProcessor(LogitsProcessor):
         """Engine-level trie processor; per-request opt-in via ``extra_args={"sid_domain": ...}``."""
 
         @classmethod
         def validate_params(cls, sampling_params) -> None:
-            extra = getattr(sampling_params, "extra_args", None) or {}
-            domain = extra.get(EXTRA_KEY)
-            if domain is not None and not isinstance(domain, str):
-                raise ValueError(f"extra_args[{EXTRA_KEY!r}] must be a domain name or None, got {domain!r}")
+            """Runs in the front-end process: an unknown domain is that request's ValueError."""
+            path = os.environ.get(ENV_TRIE)
+            check_sid_params(getattr(sampling_params, "extra_args", None), trie_domains(path) if path else None)
+
+        @classmethod
+        def needs_output_token_ids(cls) -> bool:
+            return True  # reads token *values*: vLLM versions that ask patch async placeholders before apply
 
         def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
             trie, meta = load_trie(_trie_path(vllm_config))
