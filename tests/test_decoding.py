@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -150,6 +152,35 @@ def test_reuse_output_processor_generates_exactly_what_the_allocating_one_does(s
     if mode == "beam":
         assert torch.equal(old.sequences_scores, new.sequences_scores)
         assert len({s.data_ptr() for s in new.scores}) == len(new.scores)  # HF stored copies, not the buffer
+
+
+def test_trie_beam_search_keeps_only_last_logits_through_a_lora_model(setup, monkeypatch):
+    """#11 small item: PeftModel.forward takes **kwargs, so a signature check on it missed ``logits_to_keep`` and a
+    LoRA checkpoint computed [B, P, V] logits at prefill. Now the prefill returns [B, 1, V], with the same beams."""
+    from peft import LoraConfig, get_peft_model
+
+    import decoding.beam as beam
+
+    catalogue, model, tok = setup
+    lora = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"],
+                                                           init_lora_weights=False))  # random B: the adapter acts
+    trie = catalogue.trie(tok)
+    ids, mask = encode_prompts(tok, history_prompts(tok, catalogue, histories_for(catalogue)))
+    roots = torch.tensor([trie.root(d) for d in ("d0", None, "d1", None)])
+    shapes = []
+    lora.get_base_model().register_forward_hook(lambda _m, _a, out: shapes.append(tuple(out.logits.shape)))
+
+    def search():
+        shapes.clear()
+        return beam.trie_beam_search(lora, ids, mask, trie.tables("cpu"), roots, 6, tok.eos_token_id)
+
+    kept = search()
+    assert shapes[0] == (len(ids), 1, lora.get_output_embeddings().weight.shape[0])  # prefill: last position only
+    monkeypatch.setattr(beam, "_accepts_logits_to_keep", lambda m: False)  # the old path: full prompt logits
+    full = search()
+    assert shapes[0][1] == ids.shape[1]
+    assert torch.equal(kept.tokens, full.tokens) and torch.equal(kept.leaves, full.leaves)
+    assert torch.allclose(kept.scores, full.scores, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- end to end through generate
