@@ -49,6 +49,8 @@ def write(path: Path, text: str) -> Path:
 CASES = [
     ("unknown_method", ["--method", "vqvae"], "`method`: 'vqvae' is not one of"),
     ("unknown_collision", ["--collision", "drop"], "`collision`: 'drop' is not one of"),
+    ("collision_extend_colliding", ["--collision", "extend_colliding"],
+     "`collision`: 'extend_colliding' is not offered: extending only the colliding items would give SIDs of mixed"),
     ("unknown_vocab_init", ["--vocab_init", "zeros"], "`vocab_init`: 'zeros' is not one of"),
     ("codebook_negative", ["--codebook_size", "-4"], "`codebook_size` must be in [2, 65536], got -4"),
     ("codebook_huge", ["--codebook_size", "1000000"], "`codebook_size` must be in [2, 65536]"),
@@ -69,6 +71,9 @@ CASES = [
     ("external_index_bad_json", lambda t, p: ["--method", "external", "--external_index",
                                               str(write(p / "index.json", '{"1": ["<a_1>",'))],
      "index.json, line 1: external index is not valid JSON"),
+    ("external_index_mixed_lengths", lambda t, p: ["--method", "external", "--external_index", str(write(
+        p / "i.json", '{"Toys:0": ["<a_1>", "<b_2>"], "Office:1": ["<a_1>", "<b_2>", "<c_0>"]}'))],
+     "i.json, key 'Office:1': 3 levels, but the first item has 2; every SID must have the same number of levels"),
     ("prefix_count", lambda t, p: ["--method", "external", "--external_index", str(write(p / "i.json", "{}")),
                                    "--external_id_prefixes", "a:", "b:"], "2 prefixes for 1 external_index files"),
     ("missing_dataset", ["--dataset", "/nonexistent/ds"], "/nonexistent/ds: dataset not found"),

@@ -143,6 +143,66 @@ def test_external_index_import_and_export(tiny, tmp_path):
         run(tiny, tmp_path / "ext2", "--method", "external", "--external_index", str(tmp_path / "peer.index.json"))
 
 
+
+def _index_with_collisions(tiny, path: Path) -> tuple[list[str], np.ndarray]:
+    """A 3-token external index for the 240 tiny items, unique except rows 5 and 7 (copies of rows 0 and 1)."""
+    from data_builders.dataset import load_rec_dataset
+
+    item_ids = load_rec_dataset(tiny[0]).item_ids
+    codes = np.stack(np.unravel_index(np.arange(len(item_ids)) * 7 % 16**3, (16, 16, 16)), axis=1)  # distinct
+    codes[5], codes[7] = codes[0], codes[1]
+    path.write_text(json.dumps({i: [f"<{'abc'[l]}_{c}>" for l, c in enumerate(row)] for i, row in
+                                zip(item_ids, codes.tolist())}))
+    return item_ids, codes
+
+
+def test_dedup_level_lengthens_every_sid_reassign_only_moves_colliders(tiny, tmp_path):
+    """Issue #11 item 12: 2 of 240 items collide. dedup_level gives *all* 240 items a 4th token (0 for the 238 that
+    collide with nobody); reassign keeps 3 tokens and changes only the last code of rows 5 and 7."""
+    item_ids, index = _index_with_collisions(tiny, tmp_path / "peer.index.json")
+    external = ["--method", "external", "--external_index", str(tmp_path / "peer.index.json"), "--embeddings", "",
+                "--codebook_size", "16"]
+    meta = run(tiny, tmp_path / "dedup", *external, "--collision", "dedup_level")
+    dedup = load_sid_artifact(tmp_path / "dedup")
+    assert dedup.item_ids == item_ids and meta["levels"] == 4 and meta["codebook_sizes"] == [16, 16, 16, 2]
+    assert np.array_equal(dedup.codes[:, :3], index)
+    assert np.flatnonzero(dedup.codes[:, 3]).tolist() == [5, 7]  # every other item: a 4th token <d_0>
+    assert dedup.sid_string(item_ids[100]) == "".join(f"<{'abc'[l]}_{c}>" for l, c in enumerate(index[100])) + "<d_0>"
+
+    meta = run(tiny, tmp_path / "re", *external, "--collision", "reassign")
+    re = load_sid_artifact(tmp_path / "re")
+    assert meta["levels"] == 3 and meta["codebook_sizes"] == [16, 16, 16] and re.levels == 3
+    assert np.flatnonzero((re.codes != index).any(1)).tolist() == [5, 7]
+    assert np.array_equal(re.codes[:, :2], index[:, :2])  # only the last code moved
+    # nearest free code number (external SIDs carry no geometry): both neighbours are free in this index
+    assert abs(int(re.codes[5, 2]) - int(index[5, 2])) == 1 and abs(int(re.codes[7, 2]) - int(index[7, 2])) == 1
+
+    from decoding.trie import build_trie
+
+    trie = build_trie(re.codes, {None: np.arange(240)})  # the 3-token SIDs form a trie naming each item once
+    assert trie.levels == 3 and [trie.item_of(trie.root(None), row) for row in re.codes.tolist()] == list(range(240))
+
+
+def test_sids_of_mixed_lengths_are_refused(tmp_path):
+    """Decoding assumes one SID length (README: Collisions and SID length), so every way in refuses mixed ones."""
+    from decoding.catalogue import Catalogue
+    from tokenization.artifact import check_codes
+    from tokenization.methods import external_codes
+    from tokenization.sid_format import read_index_json
+
+    (tmp_path / "mixed.json").write_text(json.dumps({"1": ["<a_1>", "<b_2>"], "2": ["<a_1>", "<b_2>", "<c_0>"]}))
+    with pytest.raises(ValueError, match="key '2': 3 levels, but the first item has 2; every SID must have the same"):
+        read_index_json(tmp_path / "mixed.json")
+    (tmp_path / "two.json").write_text(json.dumps({"1": ["<a_1>", "<b_2>"]}))
+    (tmp_path / "three.json").write_text(json.dumps({"2": ["<a_1>", "<b_2>", "<c_0>"]}))
+    with pytest.raises(ValueError, match="three.json: 3 levels, the other index files have a different number"):
+        external_codes([str(tmp_path / "two.json"), str(tmp_path / "three.json")], [], ["1", "2"])
+    padded = np.array([[1, 2, -1], [1, 2, 0], [1, 2, 1]])  # (1,2) extended only where it collides, -1 = no token
+    with pytest.raises(DataError, match="item 'x' level 2 has code -1.*mixed lengths.*not supported"):
+        check_codes(["x", "y", "z"], padded, [4, 4, 2], where="sids")
+    with pytest.raises(ValueError, match="different numbers of levels"):
+        Catalogue.from_sids({"x": "<a_1><b_2>", "y": "<a_1><b_2><c_0>"})
+
 # ---------------------------------------------------------------- bad input
 
 def test_bad_embeddings_are_named():

@@ -3,7 +3,8 @@
 On disk (one directory, written atomically; same inputs + seed -> byte-identical files)::
 
     sids/
-      codes.npy          int32 [N, levels]  (levels *including* the de-duplication level, if any)
+      codes.npy          int32 [N, levels]  (levels *including* the de-duplication level, if any; one length
+                                            for every item: mixed lengths are refused, see check_codes)
       item_ids.json      [N] item ids, row i <-> codes[i] <-> items/embeddings row of the dataset
       index.json         the same SIDs in MiniOneRec / LC-Rec format {"item_id": ["<a_1>", "<b_2>", ...]}
       codebooks/*.npy    what produced the codes (RQ centroids [L, K, d], FSQ weights); absent for external SIDs
@@ -122,7 +123,12 @@ def check_codes(item_ids: Sequence[str], codes: np.ndarray, codebook_sizes: Sequ
     if len(set(item_ids)) != len(item_ids):
         dup = Counter(item_ids).most_common(1)[0][0]
         raise DataError(f"{where}: duplicate item id {dup!r}")
-    bad = (codes < 0) | (codes >= np.asarray(codebook_sizes)[None, :])
+    if (codes < 0).any():  # the usual padding of ragged SIDs: say so rather than "code -1 outside 0..K-1"
+        row, level = map(int, np.argwhere(codes < 0)[0])
+        raise DataError(f"{where}: item {item_ids[row]!r} level {level} has code {codes[row, level]}; codes are >= 0 "
+                        f"and every SID has all {codes.shape[1]} levels (SIDs of mixed lengths, e.g. padded with -1, "
+                        f"are not supported: README, Collisions and SID length)")
+    bad = codes >= np.asarray(codebook_sizes)[None, :]
     if bad.any():
         row, level = map(int, np.argwhere(bad)[0])
         raise DataError(f"{where}: item {item_ids[row]!r} level {level} code {codes[row, level]} outside "

@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass, field
 import faiss
 
 from data_builders.cli import (check, check_choice, check_output_dir, check_range, check_seed, parse_config,
-                               read_json_file, require_dir, run_cli)
+                               read_json_file, require_dir, run_cli, user_error)
 from data_builders.dataset import library_versions
 from tokenization import methods
 from tokenization.artifact import write_sid_artifact
-from tokenization.collisions import COLLISION_METHODS, resolve_collisions
+from tokenization.collisions import COLLISION_METHODS, NOT_OFFERED, resolve_collisions
 from tokenization.inputs import BuildInputs, item_users, load_build_inputs
 from tokenization.quality import format_summary, quality_report
 from tokenization.sid_format import LEVEL_LETTERS, TOKEN_FORMAT, sid_string
@@ -55,7 +55,9 @@ class BuildArgs:
     fsq_lr: float = 1.0e-3
     external_index: list[str] = field(default_factory=list)  # method=external: MiniOneRec/LC-Rec index.json files
     external_id_prefixes: list[str] = field(default_factory=list)  # one per file, e.g. "Office_Products:"
-    collision: str = "dedup_level"  # dedup_level (TIGER extra level) | reassign (nearest free last code) | none
+    # dedup_level: TIGER extra level on *every* item (+1 token each, even if 0.4% collide) | reassign: nearest free
+    # last-level code, length kept | none: fail on any collision. Mixed lengths are not offered (README).
+    collision: str = "dedup_level"
     vocab_init: str = "semantic"  # default init of the SID embedding rows (tokenization.vocab), recorded in meta
     quality_top_k: int = 10  # hourglass indicator: share of items on each level's top-k codes
     quality_pairs: int = 5000  # pairs sampled for neighbour consistency
@@ -68,6 +70,8 @@ MAX_CODEBOOK = 1 << 16  # tokens per level
 def check_args(args: BuildArgs) -> None:
     """Every setting checked before any input loads (ranges that would run for hours or crash faiss included)."""
     check_choice("method", args.method, methods.METHODS)
+    check(args.collision not in NOT_OFFERED, "`collision`", f"{args.collision!r} is not offered: "
+          f"{NOT_OFFERED.get(args.collision)}")
     check_choice("collision", args.collision, COLLISION_METHODS)
     check_choice("vocab_init", args.vocab_init, VOCAB_INITS)
     check(args.method == "external" or args.embeddings, "embeddings",
@@ -119,7 +123,11 @@ def compute_codes(args: BuildArgs, inputs: BuildInputs) -> methods.QuantizedCode
     if args.method == "fsq":
         return methods.fsq_codes(x, args.fsq_levels, args.fsq_group_size, args.seed, args.fsq_hidden,
                                  args.fsq_epochs, args.fsq_batch_size, args.fsq_lr, sample)
-    return methods.external_codes(args.external_index, args.external_id_prefixes, inputs.item_ids, args.codebook_size)
+    try:
+        return methods.external_codes(args.external_index, args.external_id_prefixes, inputs.item_ids,
+                                      args.codebook_size)
+    except ValueError as e:  # a bad index file (mixed SID lengths, missing items) is the user's to fix
+        raise user_error("external_index", str(e)) from None
 
 
 def build_meta(args: BuildArgs, inputs: BuildInputs, q: methods.QuantizedCodes, codes, argv: list[str]) -> dict:

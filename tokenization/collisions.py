@@ -3,13 +3,18 @@
 Two methods:
 
 * ``dedup_level`` (default, TIGER): append one level whose code numbers the items sharing a SID in item order —
-  (12, 24, 52) twice becomes (12, 24, 52, 0) and (12, 24, 52, 1). Every item gets the extra level, so all SIDs have
-  the same length; its codebook size is the largest collision group.
+  (12, 24, 52) twice becomes (12, 24, 52, 0) and (12, 24, 52, 1). *Every* item gets the extra level, also the
+  items that collide with nobody (they get code 0): an imported 4-token index with 0.4% collisions becomes 5 tokens
+  for all items (one more decoding step each). All SIDs keep one length, which decoding requires (the trie, the
+  beam search and the logits processor end every SID after exactly ``levels`` tokens); its codebook size is the
+  largest collision group. To keep the length when only a few items collide, use ``reassign``.
 * ``reassign``: keep the first item of each group; move each other one to the nearest *free* code of the last level
   under the same prefix (nearest by the caller's cost, e.g. distance of the last-level residual to the centroids).
   SIDs keep their length; fails if a prefix has no free code left.
 * ``none``: keep the codes as they are and fail if two items share a SID (e.g. importing SIDs that are already
   unique, such as an index.json this package exported).
+
+Extending only the colliding items (mixed SID lengths) is not offered: see README, "Collisions and SID length".
 """
 
 from __future__ import annotations
@@ -19,6 +24,12 @@ from collections.abc import Callable
 import numpy as np
 
 COLLISION_METHODS = ("dedup_level", "reassign", "none")
+# Asked for (issue #11 item 12) but not offered: decoding assumes one SID length. The config check says why.
+NOT_OFFERED = {
+    "extend_colliding": "extending only the colliding items would give SIDs of mixed lengths, which decoding cannot "
+                        "take (the trie, beam search and logits processor end every SID after exactly `levels` "
+                        "tokens; README: Collisions and SID length); use reassign to keep the length, or dedup_level",
+}
 
 
 def collision_stats(codes: np.ndarray) -> dict[str, float]:

@@ -107,7 +107,8 @@ def external_codes(
     for i, path in enumerate(index_paths):
         ids, codes = read_index_json(path, id_prefix=id_prefixes[i] if id_prefixes else "")
         if found and codes.shape[1] != next(iter(found.values())).shape[0]:
-            raise ValueError(f"{path}: {codes.shape[1]} levels, the other index files have a different number")
+            raise ValueError(f"{path}: {codes.shape[1]} levels, the other index files have a different number; every "
+                             f"SID must have the same number of levels (README, Collisions and SID length)")
         found.update(zip(ids, codes))
     missing = [item_id for item_id in item_ids if item_id not in found]
     if missing:

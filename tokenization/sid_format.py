@@ -105,7 +105,9 @@ def read_index_json(path: str | os.PathLike, id_prefix: str = "") -> tuple[list[
         except ValueError as e:
             raise ValueError(f"{path}, key {key!r}: {e}") from None
         if rows and len(rows[-1]) != len(rows[0]):
-            raise ValueError(f"{path}, key {key!r}: {len(rows[-1])} levels, but the first item has {len(rows[0])}")
+            raise ValueError(f"{path}, key {key!r}: {len(rows[-1])} levels, but the first item has {len(rows[0])}; "
+                             f"every SID must have the same number of levels (mixed lengths are not supported by "
+                             f"decoding: README, Collisions and SID length)")
         item_ids.append(id_prefix + str(key))
     return item_ids, np.asarray(rows, dtype=np.int64)
 
