@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from test_decoding_fixtures import histories_for, sid_model, small_catalogue
 
 from decoding.catalogue import Catalogue
@@ -177,11 +176,20 @@ def test_catalogue_rejects_bad_input():
         Catalogue.from_sids({"a": "<a_1>", "b": ["<a_1>"]}).trie(sid_model(small_catalogue(4, 1, 4, 0))[1])
 
 
-def test_prompts_are_the_shared_builder(small):
-    from data_builders.prompts import next_item_prompt
-    from decoding.recommend import history_prompts
+def test_prompts_are_the_shared_text_with_atomic_sid_tokens():
+    """The decoding prompt for items x, y is the hand-written next-item prompt, and after tokenisation every SID
+    token is one token id, in history order (a SID split into pieces could never match the trie)."""
+    from decoding.recommend import encode_prompts, history_prompts
 
-    catalogue, _, tok = small
-    prompt = history_prompts(tok, catalogue, [["item3", "item4"]])[0]
-    assert prompt == next_item_prompt([catalogue.sid_string("item3"), catalogue.sid_string("item4")], tok)
-    assert torch.is_tensor(torch.tensor(tok(prompt)["input_ids"]))
+    catalogue = Catalogue.from_sids({"x": "<a_1><b_2>", "y": "<a_3><b_0>", "z": "<a_1><b_0>"})
+    _, tok = sid_model(catalogue)
+    (prompt,) = history_prompts(tok, catalogue, [["x", "y"]])
+    assert prompt == ("<|im_start|>system\nYou are a recommender system. Answer with item identifiers only."
+                      "<|im_end|>\n<|im_start|>user\nA user interacted with these items, oldest first: "
+                      "<a_1><b_2>, <a_3><b_0>. Which item will the user interact with next?<|im_end|>\n"
+                      "<|im_start|>assistant\n")
+    ids, mask = encode_prompts(tok, [prompt, history_prompts(tok, catalogue, [["z"]])[0]])
+    sid_ids = dict(zip(tok.convert_tokens_to_ids(catalogue.tokens), catalogue.tokens))
+    assert [sid_ids[i] for i in ids[0].tolist() if i in sid_ids] == ["<a_1>", "<b_2>", "<a_3>", "<b_0>"]
+    assert [sid_ids[i] for i in ids[1].tolist() if i in sid_ids] == ["<a_1>", "<b_0>"]
+    assert mask[0].all() and not mask[1, 0] and mask[1, -1]  # the shorter prompt is left-padded
