@@ -98,6 +98,9 @@ class PerRowDictProcessor(LogitsProcessor):
     a fresh dense ``-inf`` mask [R, V]; for every row, its generated tokens as a tuple, a dict lookup of the
     allowed next ids, ``mask[row, allowed] = 0``; then ``scores + mask`` (a second dense tensor). The constraint
     is the same as :func:`decoding.processor.constrain_scores` for steps 0..L (tested), so beams are identical.
+    MiniOneRec's processor also re-applies ``log_softmax`` over the full vocabulary every step; that is left out
+    (HF beam search already passes log-probs), which makes this baseline *faster* than theirs: ratios against it
+    are conservative.
     """
 
     def __init__(self, allowed: DictPrefixAllowedTokens):
