@@ -12,12 +12,13 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
+
+from eval.memory import peak_rss_mb
 
 
 def median_seconds(fn, repeats: int) -> tuple[float, object]:
@@ -94,7 +95,7 @@ def main() -> None:
         **imported, **serialized,
         **bench_embed(encoder, built.items, args.embed_sample, args.budgets, 64),
         "embed_sample": args.embed_sample,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         "command": "python benchmarks/data_bench.py --out benchmarks/results/data.json",
     }
     text = json.dumps(result, indent=2, sort_keys=True)

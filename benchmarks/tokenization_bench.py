@@ -22,13 +22,14 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from eval.memory import peak_rss_mb
 
 REPO = Path(__file__).resolve().parent.parent
 METHODS = ("rq_kmeans", "balanced_rq_kmeans", "fsq", "faiss_rq")
@@ -65,11 +66,11 @@ def faiss_rq_codes(x: np.ndarray, levels: int, codebook_size: int, sample: int |
     and how often the level-1 code is not the nearest level-1 centroid."""
     import faiss
 
-    from tokenization.rq_kmeans import nearest, sample_rows
+    from tokenization.rq_kmeans import nearest, sample_row_indices
 
     nbits = int(np.log2(codebook_size))
     rq = faiss.ResidualQuantizer(x.shape[1], levels, nbits)
-    rq.train(np.ascontiguousarray(x[sample_rows(len(x), sample, seed)]))
+    rq.train(np.ascontiguousarray(x[sample_row_indices(len(x), sample, seed)]))
     packed = rq.compute_codes(x)  # [N, levels] bytes when nbits == 8
     codes = packed.astype(np.int64) if nbits == 8 else None
     if codes is None:
@@ -116,7 +117,7 @@ def run_one(method: str, dataset: str, data_root: Path, sample_size: int, seed: 
         "method": method, "dataset": dataset, "n_items": len(x), "dim": int(x.shape[1]), "levels": 3,
         "codebook_size": 256, "train_sample": sample or len(x), "fit_encode_seconds": round(seconds, 2),
         "fit_encode_cpu_seconds": round(cpu_seconds, 2), "load_average_at_start": round(load, 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_rss_mb": round(peak_rss_mb()),
         "rss_after_loading_data_mb": round(rss_loaded),
         "collision_rate_before": collision_stats(codes)["collision_rate"],
         "collision_rate_after": collision_stats(resolve_collisions(codes, "dedup_level"))["collision_rate"],

@@ -11,18 +11,15 @@ from __future__ import annotations
 import json
 import logging
 import random
-import resource
 import time
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
 
+from eval.memory import peak_rss_mb
+
 log = logging.getLogger(__name__)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def sample_rows(split, n: int, seed: int) -> list[dict]:
@@ -80,10 +77,14 @@ class MetricsLog(TrainerCallback):
     def __init__(self, output_dir: str | Path):
         self.path = Path(output_dir) / "metrics.jsonl"
         self.last: tuple[float, float] | None = None
+        self.started = False  # the log is reset once per run, however many callbacks ask (rl/common.py)
 
     def on_train_begin(self, args, state, control, **kwargs):
         """A resumed run keeps the records up to its checkpoint's step and rewrites the rest (they would otherwise
         appear twice); a fresh run into an existing directory starts a new log."""
+        if self.started:
+            return
+        self.started = True
         if not state.is_world_process_zero or not self.path.exists():
             return
         kept = []

@@ -70,10 +70,10 @@ def test_same_seed_same_codebooks_other_seed_differs():
 
 
 def test_explicit_sample_size():
-    rows = rq_kmeans.sample_rows(1000, 300, seed=0)
+    rows = rq_kmeans.sample_row_indices(1000, 300, seed=0)
     assert len(rows) == 300 == len(set(rows.tolist())) and (np.diff(rows) > 0).all()
-    assert np.array_equal(rq_kmeans.sample_rows(1000, 300, seed=0), rows)
-    assert len(rq_kmeans.sample_rows(1000, 0, seed=0)) == 1000
+    assert np.array_equal(rq_kmeans.sample_row_indices(1000, 300, seed=0), rows)
+    assert len(rq_kmeans.sample_row_indices(1000, 0, seed=0)) == 1000
 
 
 def test_kmeans_fewer_points_than_codes_raises():

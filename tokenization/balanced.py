@@ -20,7 +20,7 @@ import logging
 
 import numpy as np
 
-from tokenization.rq_kmeans import Codebooks, kmeans, sample_rows
+from tokenization.rq_kmeans import Codebooks, kmeans, sample_row_indices
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def fit_balanced_rq_kmeans(
     sample_size: int | None = None, balance_iters: int = 5, eps: float = 0.05, sinkhorn_iters: int = 50,
 ) -> Codebooks:
     """Balanced RQ-KMeans codebooks: embeddings [N, d] -> Codebooks [levels, K, d] (level l uses seed + l)."""
-    x = np.ascontiguousarray(embeddings[sample_rows(len(embeddings), sample_size, seed)], dtype=np.float32)
+    x = np.ascontiguousarray(embeddings[sample_row_indices(len(embeddings), sample_size, seed)], dtype=np.float32)
     books = []
     for level in range(levels):
         centroids, assignment = fit_balanced_kmeans(

@@ -87,7 +87,7 @@ def fsq_codes(
         return ((scaled[:, None, :] - code_values[None, :, :]) ** 2).sum(-1)
 
     arrays = {f"fsq.{k}": v for k, v in model.state_arrays().items()}
-    rows = rq_kmeans.sample_rows(len(x), RECON_SAMPLE, seed)  # decoding 1M items 4 times costs minutes
+    rows = rq_kmeans.sample_row_indices(len(x), RECON_SAMPLE, seed)  # decoding 1M items 4 times costs minutes
     errors = fsq.fsq_reconstruction_errors(model, x[rows], codes[rows])
     return QuantizedCodes(codes, sizes, errors, arrays, cost, {"reconstruction_rows": len(rows)})
 

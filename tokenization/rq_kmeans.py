@@ -48,7 +48,7 @@ class Codebooks:
         return self.centroids.shape[2]
 
 
-def sample_rows(n: int, sample_size: int | None, seed: int) -> np.ndarray:
+def sample_row_indices(n: int, sample_size: int | None, seed: int) -> np.ndarray:
     """Sorted row indices of a seeded sample without replacement (all rows when ``sample_size`` is None/0/≥ n)."""
     if not sample_size or sample_size >= n:
         return np.arange(n)
@@ -95,7 +95,7 @@ def fit_rq_kmeans(
     embeddings float32 [N, d]; ``sample_size`` rows (seeded, default all) train every level. Level l uses seed
     ``seed + l`` so levels do not share k-means initialisations.
     """
-    x = np.ascontiguousarray(embeddings[sample_rows(len(embeddings), sample_size, seed)], dtype=np.float32)
+    x = np.ascontiguousarray(embeddings[sample_row_indices(len(embeddings), sample_size, seed)], dtype=np.float32)
     books = []
     for level in range(levels):
         centroids = kmeans(x, codebook_size, seed=seed + level, n_iter=n_iter)  # [K, d]

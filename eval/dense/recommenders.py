@@ -29,7 +29,8 @@ from eval.dense.bm25 import BM25
 from eval.dense.index import IndexConfig, ItemIndex
 from eval.dense.item_text import item_texts, item_vectors
 from eval.dense.towers import MorphTower, TowerConfig, seed_query
-from eval.dense.training import PAD, DenseTrainConfig, Examples, PeakRSS, train_tower
+from eval.dense.training import PAD, DenseTrainConfig, Examples, train_tower
+from eval.memory import PeakRSS
 from eval.recommenders import (CandidateRule, Catalogue, Query, inner_product_scores, item_target_counts,
                                ranked_lists)
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
-import resource
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -119,36 +117,3 @@ def train_tower(tower: nn.Module, lookup: ItemLookup, extra_params: list[nn.Para
     tower.eval()
     return {"epoch_losses": [round(x, 4) for x in losses], "seconds": round(time.perf_counter() - start, 2),
             "examples": len(ex.targets), "steps": steps}
-
-
-class PeakRSS:
-    """Peak resident memory of this process inside a ``with`` block, in MB (``.peak_mb``, ``.start_mb``).
-
-    Linux: the kernel's high-water mark (VmHWM) is reset on entry through /proc/self/clear_refs, so the peak is
-    the block's own. Elsewhere (or if the reset is refused) it is the process-lifetime peak (``.scope`` says which).
-    """
-
-    def __enter__(self) -> "PeakRSS":
-        self.start_mb, self.scope = rss_mb("VmRSS"), "block"
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # 5 = reset the peak RSS to the current RSS
-        except OSError:
-            self.scope = "process"
-        return self
-
-    def __exit__(self, *exc) -> None:
-        peak = rss_mb("VmHWM")
-        if peak is None or self.scope == "process":
-            peak, self.scope = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process"
-        self.peak_mb = round(peak, 1)
-
-
-def rss_mb(field: str) -> float | None:
-    """``VmRSS`` / ``VmHWM`` of this process from /proc/self/status in MB (None where there is no /proc)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
