@@ -175,7 +175,32 @@ def _type_ok(value: Any, tp: Any) -> bool:
 
 
 def _type_name(tp: Any) -> str:
+    """``int`` -> "int", ``list[str]`` -> "list[str]" (not "list": a generic alias forwards ``__name__``)."""
+    if typing.get_origin(tp) is not None:
+        return str(tp).replace("typing.", "")
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _list_arms(tp: Any) -> list[Any]:
+    """The ``list[X]`` / ``Sequence[X]`` parts of a field type (itself, or members of a union)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return [arm for a in typing.get_args(tp) for arm in _list_arms(a)]
+    return [tp] if typing.get_origin(tp) in (list, tuple, Sequence, typing.Sequence) else []
+
+
+def _describe_given(value: Any, tp: Any) -> str:
+    """What was given, said so that the mismatch is visible: ``[1, 2] (item 0, 1, is int, not str)``."""
+    arms = _list_arms(tp)
+    if arms and isinstance(value, (list, tuple)):
+        for arm in arms:
+            (item_type, *_) = typing.get_args(arm) or (Any,)
+            for i, item in enumerate(value):
+                if not _type_ok(item, item_type):
+                    return (f"{value!r} (item {i}, {item!r}, is {type(item).__name__}, "
+                            f"not {_type_name(item_type)})")
+    if arms and isinstance(value, str):
+        return f"{value!r} (a str, not a list: write [{value}] in YAML)"
+    return f"{value!r} ({'null' if value is None else type(value).__name__})"
 
 
 LIBRARY_MODULES = {"transformers", "trl", "peft", "accelerate", "datasets"}
@@ -194,7 +219,8 @@ def check_field_types(obj: Any, where: str = "config") -> None:
             continue
         value = getattr(obj, f.name)
         if not _type_ok(value, hints[f.name]):
-            raise user_error(where, f"`{f.name}` must be {_type_name(hints[f.name])}, got {value!r}")
+            raise user_error(where, f"`{f.name}` must be {_type_name(hints[f.name])}, got "
+                                    f"{_describe_given(value, hints[f.name])}")
 
 
 # --------------------------------------------------------------------------------------------------- value checks

@@ -19,6 +19,8 @@ class Args:
     ks: list[int] = field(default_factory=lambda: [5, 10])
     budget: float | None = None
     flag: bool = False
+    splits: list[str] = field(default_factory=lambda: ["train"])
+    domains: list[str] | None = None
 
 
 def parse(tmp_path, text: str, *flags: str) -> Args:
@@ -36,8 +38,13 @@ def test_valid_config_and_flag_override(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("batch_size: [1]\n", "`batch_size` must be int, got [1]"),
     ("lr: fast\n", "lr"),
-    ("ks: [1, two]\n", "ks"),
-    ("budget: [3]\n", "`budget` must be"),
+    ("ks: [1, two]\n", "`ks` must be list[int], got [1, 'two'] (item 1, 'two', is str, not int)"),
+    ("budget: [3]\n", "`budget` must be float | None, got [3] (list)"),
+    # a list-of-str field used to say "must be list, got [1, 2]" (the generic alias's __name__ is plain "list")
+    ("splits: train\n", "`splits` must be list[str], got 'train' (a str, not a list: write [train] in YAML)"),
+    ("splits: [1, 2]\n", "`splits` must be list[str], got [1, 2] (item 0, 1, is int, not str)"),
+    ("splits: {train: 1}\n", "`splits` must be list[str], got {'train': 1} (dict)"),
+    ("domains: [Toys, 3]\n", "`domains` must be list[str] | None, got ['Toys', 3] (item 1, 3, is int, not str)"),
     ("batch_sise: 4\n", "unknown config key(s): batch_sise (did you mean batch_size?)"),
     ("- a\n- b\n", "must contain a YAML mapping"),
     ("batch_size: :\n  - [", "line 1: invalid YAML"),
