@@ -30,6 +30,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaFor
 
 class GenRecLlamaConfig(LlamaConfig):
     model_type = "genrec_llama"
+    # no remote code: registered with the Auto classes on import. TRL's GRPOTrainer reads ``config.auto_map`` when
+    # it loads the reference policy from the checkpoint directory; LlamaConfig defines none.
+    auto_map = {}  # a plain class attribute (not a config field), read-only
 
     def __init__(self, genrec_dropout: float = 0.0, genrec_item_text_dim: int = 0, genrec_n_items: int = 0,
                  genrec_sid_levels: int = 0, genrec_sep_token_id: int = -1, **kwargs):
@@ -47,6 +50,8 @@ class GenRecLlamaForCausalLM(LlamaForCausalLM):
     def __init__(self, config: GenRecLlamaConfig):
         super().__init__(config)
         self.genrec_dropout = config.genrec_dropout
+        # one nn.Dropout module (no weights), so generic tools see it: TRL's disable_dropout_in_model (RL) sets p=0
+        self.genrec_drop = nn.Dropout(self.genrec_dropout)
         if config.genrec_item_text_dim > 0:
             if config.genrec_n_items < 1 or config.genrec_sid_levels < 1 or config.genrec_sep_token_id < 0:
                 raise ValueError("item text on input needs genrec_n_items, genrec_sid_levels and genrec_sep_token_id")
@@ -61,10 +66,10 @@ class GenRecLlamaForCausalLM(LlamaForCausalLM):
 
     # -- dropout hooks (active only in training mode) -------------------------------------------------------------
     def _drop_tensor(self, module, args, output):
-        return F.dropout(output, self.genrec_dropout, module.training)
+        return self.genrec_drop(output)
 
     def _drop_first(self, module, args, output):
-        return (F.dropout(output[0], self.genrec_dropout, module.training), *output[1:])
+        return (self.genrec_drop(output[0]), *output[1:])
 
     # -- item text ------------------------------------------------------------------------------------------------
     def set_item_text(self, sid_token_ids: np.ndarray, text: np.ndarray) -> None:
@@ -120,7 +125,7 @@ class GenRecLlamaForCausalLM(LlamaForCausalLM):
             inputs_embeds = self.model.embed_tokens(input_ids)
             if self.config.genrec_item_text_dim > 0:
                 inputs_embeds = inputs_embeds + self.item_vectors(input_ids)
-            inputs_embeds = F.dropout(inputs_embeds, self.genrec_dropout, self.training)
+            inputs_embeds = self.genrec_drop(inputs_embeds)
             input_ids = None
         return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels,

@@ -210,8 +210,8 @@ def restore_sid_rows(model, path: Path) -> None:
             head[ids] = rows["output"].to(head.device, head.dtype)
 
 
-def load_sft_checkpoint(path: str | Path, allow_download: bool = False):
-    """``(model, tokenizer, artifact)`` from a directory written by ``sft/train.py``.
+def load_sft_checkpoint(path: str | Path, allow_download: bool = False, trainable: bool = False):
+    """``(model, tokenizer, artifact)`` from a directory written by ``sft/train.py`` (or an RL stage, ``rl/``).
 
     The base model is rebuilt exactly as in training (same spec, layers, SID vocabulary from the same artifact),
     then the LoRA adapter (or the full weights) is loaded on top, so the SID token ids match by construction; the
@@ -248,7 +248,8 @@ def load_sft_checkpoint(path: str | Path, allow_download: bool = False):
         from peft import prepare_model_for_kbit_training
 
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
-    model = PeftModel.from_pretrained(base, str(path), is_trainable=False, local_files_only=True)
+    # trainable: the adapter (and its SID rows) keep training, e.g. in RL (rl/common.py)
+    model = PeftModel.from_pretrained(base, str(path), is_trainable=trainable, local_files_only=True)
     if (path / SID_ROWS_FILE).is_file():
         restore_sid_rows(model, path)
     elif not meta.get("config", {}).get("script", {}).get("train_sid_rows", True):

@@ -78,6 +78,10 @@ def test_text_changes_the_prediction_and_dropout_is_training_only(pipeline):
         assert torch.equal(a, b)  # eval: deterministic
         model.train()
         assert not torch.allclose(model(ids).logits, a)  # train: dropout active
+        from trl.trainer.utils import disable_dropout_in_model
+
+        disable_dropout_in_model(model)  # what RL trainers call (disable_dropout: true): on-policy training forward
+        assert torch.allclose(model(ids).logits, a, atol=1e-6)
         model.eval()
         model.item_text.zero_()
         assert not torch.allclose(model(ids).logits, a)  # the text reaches the logits
