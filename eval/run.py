@@ -92,6 +92,9 @@ class EvalArgs:
     stars_time_budget_minutes: float = 0.0  # > 0: stop after the epoch that passes it
     # Generative model (method `generative`, eval/generative.py): an SFT/RL checkpoint decoded with the trie.
     generative_checkpoint: str = ""
+    # The same model after RL (method `generative_rl`, an rl/grpo.py or rl/dpo.py output): decoded the same way, so
+    # the report has the SFT row and the SFT+RL row on the same rows.
+    generative_rl_checkpoint: str = ""
     generative_num_beams: int = 0  # 0 = the checkpoint's default
     generative_batch_size: int = 16
     # Generative candidates re-ranked (method `generative_rerank`, eval/hybrid.py): the top rerank_candidates items
@@ -198,6 +201,13 @@ RERANK_SCORERS: dict[str, Callable[[EvalArgs, CandidateRule], list[Recommender]]
 }
 
 
+def build_generative_rl(a: EvalArgs, rule: CandidateRule) -> list[Recommender]:
+    from eval.generative import GenerativeRecommender
+
+    return [GenerativeRecommender(a.generative_rl_checkpoint, name="generative_rl",
+                                  num_beams=a.generative_num_beams or None, batch_size=a.generative_batch_size)]
+
+
 def build_generative_rerank(a: EvalArgs, rule: CandidateRule) -> list[Recommender]:
     from eval.hybrid import GenerativeRerankRecommender
 
@@ -274,6 +284,7 @@ METHODS: dict[str, Callable[[EvalArgs, CandidateRule], list[Recommender]]] = {
     "stars": build_stars,
     "predictions": build_predictions,
     "generative": build_generative,
+    "generative_rl": build_generative_rl,
     "generative_rerank": build_generative_rerank,
     **{m: (lambda a, rule, m=m: build_dense(a, rule, m))
        for m in ("random", "bm25", "bi_encoder", "bi_encoder_title", "xpert", "mini_xpert", "mini_xpert_sweep")},
@@ -320,7 +331,7 @@ def check_args(a: EvalArgs) -> None:
     check_dense_args(a)
     kmax = max(a.ks)
     check_range("short_history_max", a.short_history_max, 0)
-    if a.generative_num_beams and "generative" in a.methods:  # (generative_rerank decodes rerank_candidates beams)
+    if a.generative_num_beams and {"generative", "generative_rl"} & set(a.methods):  # (generative_rerank decodes rerank_candidates beams)
         check(a.generative_num_beams >= kmax, "generative_num_beams",
               f"{a.generative_num_beams} beams cannot fill a top-{kmax} list (max of ks); set it >= {kmax} or 0")
     users = [m for m in needs_embeddings(a) if m != "generative_rerank"]
@@ -341,6 +352,9 @@ def check_args(a: EvalArgs) -> None:
     if {"generative", "generative_rerank"} & set(a.methods):
         check(a.generative_checkpoint, "generative_checkpoint",
               "methods generative / generative_rerank need a checkpoint directory written by sft/train.py")
+    if "generative_rl" in a.methods:
+        check(a.generative_rl_checkpoint, "generative_rl_checkpoint",
+              "method generative_rl needs a checkpoint directory written by rl/grpo.py or rl/dpo.py")
     if "generative_rerank" in a.methods:
         check_rerank_args(a)
 
@@ -379,6 +393,8 @@ def check_inputs(a: EvalArgs) -> None:
         require_dir(a.embeddings, "embeddings", containing="meta.json")
     if {"generative", "generative_rerank"} & set(a.methods):
         require_dir(a.generative_checkpoint, "generative_checkpoint", containing="genrec_sft.json")
+    if "generative_rl" in a.methods:
+        require_dir(a.generative_rl_checkpoint, "generative_rl_checkpoint", containing="genrec_sft.json")
     for spec in a.predictions_files if "predictions" in a.methods else []:
         require_file(spec.rpartition("=")[2], "predictions file")
     for path in a.include_metrics:
@@ -412,26 +428,13 @@ def load_embeddings(a: EvalArgs, dataset):
 
 
 def check_checkpoint(a: EvalArgs, dataset, rows: "E.EvalRows", rule: CandidateRule) -> None:
-    """The generative checkpoint belongs to this dataset, its SID artifact is there, and its beams can fill every
+    """The generative checkpoint(s) belong to this dataset, their SID artifact is there, and the beams can fill every
     list (before anything is fitted)."""
-    from data_builders.cli import read_json_file
-
-    where = "generative_checkpoint"
-    meta = read_json_file(Path(a.generative_checkpoint) / "genrec_sft.json", "SFT checkpoint meta")
-    check(isinstance(meta, dict), where, f"{a.generative_checkpoint}/genrec_sft.json is not a JSON object")
-    trained_on = meta.get("dataset_hash")
-    check(trained_on in (None, dataset.dataset_hash), where,
-          f"{a.generative_checkpoint} was trained on dataset {str(trained_on)[:12]}, but `dataset` {a.dataset} is "
-          f"{dataset.dataset_hash[:12]}; evaluate it on the dataset it was trained on")
-    if meta.get("sid_dir"):
-        sid_dir = require_dir(meta["sid_dir"], f"SID artifact of {a.generative_checkpoint} (sid_dir in "
-                                               "genrec_sft.json)", containing="meta.json")
-        sid_meta = read_json_file(sid_dir / "meta.json", "SID artifact meta")
-        built_from = (sid_meta.get("inputs") or {}).get("dataset_hash") if isinstance(sid_meta, dict) else None
-        check(built_from in (None, dataset.dataset_hash), where,
-              f"its SID artifact {sid_dir} was built from dataset {str(built_from)[:12]}, but `dataset` "
-              f"{a.dataset} is {dataset.dataset_hash[:12]}")
-    if a.generative_num_beams and "generative" in a.methods:
+    if "generative_rl" in a.methods:
+        _check_one_checkpoint(a, dataset, "generative_rl_checkpoint", a.generative_rl_checkpoint)
+    if {"generative", "generative_rerank"} & set(a.methods):
+        _check_one_checkpoint(a, dataset, "generative_checkpoint", a.generative_checkpoint)
+    if a.generative_num_beams and {"generative", "generative_rl"} & set(a.methods):
         catalogue = Catalogue.from_dataset(dataset, a.seed)
         need = E.request_size(a.ks, rule, max((len(q.history) for q in rows.queries), default=0))
         sizes = Counter(catalogue.domain_of.values())
@@ -439,6 +442,25 @@ def check_checkpoint(a: EvalArgs, dataset, rows: "E.EvalRows", rule: CandidateRu
         check(a.generative_num_beams >= need, "generative_num_beams",
               f"{a.generative_num_beams} beams cannot fill the {need} items asked per row (max(ks) plus the "
               "history items exclude_history drops); set it higher or 0 (= as many as asked)")
+
+
+def _check_one_checkpoint(a: EvalArgs, dataset, where: str, path: str) -> None:
+    from data_builders.cli import read_json_file
+
+    meta = read_json_file(Path(path) / "genrec_sft.json", "SFT checkpoint meta")
+    check(isinstance(meta, dict), where, f"{path}/genrec_sft.json is not a JSON object")
+    trained_on = meta.get("dataset_hash")
+    check(trained_on in (None, dataset.dataset_hash), where,
+          f"{path} was trained on dataset {str(trained_on)[:12]}, but `dataset` {a.dataset} is "
+          f"{dataset.dataset_hash[:12]}; evaluate it on the dataset it was trained on")
+    if meta.get("sid_dir"):
+        sid_dir = require_dir(meta["sid_dir"], f"SID artifact of {path} (sid_dir in genrec_sft.json)",
+                              containing="meta.json")
+        sid_meta = read_json_file(sid_dir / "meta.json", "SID artifact meta")
+        built_from = (sid_meta.get("inputs") or {}).get("dataset_hash") if isinstance(sid_meta, dict) else None
+        check(built_from in (None, dataset.dataset_hash), where,
+              f"its SID artifact {sid_dir} was built from dataset {str(built_from)[:12]}, but `dataset` "
+              f"{a.dataset} is {dataset.dataset_hash[:12]}")
 
 
 def history_seen(rec) -> str:
@@ -587,7 +609,7 @@ def run_eval(argv: list[str] | None = None) -> dict:
     rows = E.EvalRows.from_split(dataset.splits[a.split], a.max_rows, a.seed)
     rule = CandidateRule(same_domain=a.same_domain, exclude_history=a.exclude_history)
     E.check_ks(a.ks, Catalogue.from_dataset(dataset, a.seed), rule)
-    if {"generative", "generative_rerank"} & set(a.methods):
+    if {"generative", "generative_rl", "generative_rerank"} & set(a.methods):
         check_checkpoint(a, dataset, rows, rule)
     prebuilt = {}
     if "predictions" in a.methods:  # read and check every predictions file now, not after the other methods

@@ -351,3 +351,19 @@ def test_every_shipped_rl_config_parses():
         script, training = parse_config(kinds, ["--config", str(path), *extra])
         assert training.bf16 is False or gpu, path
         assert training.gradient_checkpointing is False or "gpu" in path.name or "smollm2" in path.name, path
+
+
+def test_eval_reports_the_sft_and_the_rl_row_on_the_same_rows(pipeline, tmp_path):
+    from eval.run import run_eval
+
+    rl_dir = tmp_path / "rl"
+    _cli(pipeline, "scratch", rl_dir, "grpo", "--val_rec_rows", "0")
+    metrics = run_eval(["--config", str(TINY / "eval.yaml"), "--dataset", str(pipeline["dataset"]),
+                        "--embeddings", "", "--output_dir", str(tmp_path / "eval"),
+                        "--methods", "generative", "generative_rl", "--generative_checkpoint",
+                        str(pipeline["scratch"]), "--generative_rl_checkpoint", str(rl_dir),
+                        "--generative_num_beams", "5", "--ks", "1", "3", "5", "--latency_rows", "0"])
+    assert metrics["method_order"] == ["generative", "generative_rl"]
+    sft, rl = metrics["methods"]["generative"]["all"], metrics["methods"]["generative_rl"]["all"]
+    assert sft["rows"] == rl["rows"] > 0 and rl["invalid_rate"] == 0.0
+    assert "generative_rl" in (tmp_path / "eval" / "report.md").read_text()
