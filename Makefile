@@ -29,7 +29,13 @@ SFT_DIR    := $(ART)/sft_$(basename $(notdir $(SFT_CONFIG)))
 # The small scratch decoder trains faster on one thread (its matrices are too small to split); LLMs use two.
 SFT_THREADS ?= $(if $(findstring scratch,$(SFT_CONFIG)),1,2)
 
-# The main job: dataset + embeddings -> SIDs -> SFT (a fixed CPU budget) -> evaluation report. Each artifact is
+# The RL step after SFT (rl/grpo.py or rl/dpo.py, a fixed CPU budget; benchmarks/rl_bench.py compares the variants).
+# It must match the SFT model: for SFT_CONFIG=configs/sft/smollm2_lora.yaml pass RL_CONFIG=configs/rl/grpo_smollm2_lora.yaml.
+RL_CONFIG  ?= configs/rl/grpo_scratch.yaml
+RL_SCRIPT  := $(if $(findstring dpo,$(notdir $(RL_CONFIG))),rl/dpo.py,rl/grpo.py)
+RL_DIR     := $(SFT_DIR)_rl
+
+# The main job: dataset + embeddings -> SIDs -> SFT (a fixed CPU budget) -> RL (a fixed CPU budget) -> evaluation report. Each artifact is
 # rewritten only when its content changes, so a rerun skips what is up to date (make compares mtimes).
 demo: $(STAMP)
 	$(RUN) -m data_builders.build --config configs/data/amazon18.yaml
@@ -43,14 +49,20 @@ $(SFT_DIR)/genrec_sft.json: $(SFT_CONFIG) $(ART)/sids/meta.json
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$(SFT_THREADS) $(VENV)/bin/accelerate launch \
 		--config_file accelerate_config.yaml sft/train.py --config $(SFT_CONFIG) --output_dir $(SFT_DIR)
 
+$(RL_DIR)/genrec_sft.json: $(RL_CONFIG) $(SFT_DIR)/genrec_sft.json
+	HF_HUB_OFFLINE=1 TRL_EXPERIMENTAL_SILENCE=1 OMP_NUM_THREADS=1 $(PY) $(RL_SCRIPT) --config $(RL_CONFIG) \
+		--sft_checkpoint $(SFT_DIR) --output_dir $(RL_DIR)
+
 # Baselines and dense retrievers on every published test row.
 $(ART)/eval/metrics.json: configs/eval/amazon18.yaml $(ART)/dataset/meta.json $(ART)/embeddings/meta.json
 	$(RUN) -m eval.run --config configs/eval/amazon18.yaml
 
-# The SFT model (trie-constrained beam search) on the same rows, with the rows above merged into one report.
+# The SFT model and the SFT+RL model (trie-constrained beam search) on the same rows, with the rows above merged
+# into one report.
 $(ART)/eval_generative/metrics.json: configs/eval/amazon18_generative.yaml $(SFT_DIR)/genrec_sft.json \
-		$(ART)/eval/metrics.json
-	$(RUN) -m eval.run --config configs/eval/amazon18_generative.yaml --generative_checkpoint $(SFT_DIR)
+		$(RL_DIR)/genrec_sft.json $(ART)/eval/metrics.json
+	$(RUN) -m eval.run --config configs/eval/amazon18_generative.yaml --generative_checkpoint $(SFT_DIR) \
+		--generative_rl_checkpoint $(RL_DIR)
 
 # The README's quality numbers: SFT recipes selected on valid (train windows only, 2 seeds), the hybrid's weight chosen
 # on valid, then test under both protocols (published: train windows only; all prior data: + valid rows), written to
