@@ -186,7 +186,7 @@ def standard_callbacks(script: RLArguments, training, tokenizer, catalogue, data
     callbacks: list = []
     if script.time_budget_minutes is not None:
         callbacks.append(TimeBudget(script.time_budget_minutes, script.time_budget_clock,
-                                    show_progress=show_progress))
+                                    show_progress=show_progress, desc="RL"))
     validation = None
     rows = validation_rows(script, dataset, training.seed)
     if rows:

@@ -31,9 +31,10 @@ from rl.common import (RLArguments, check_rl_args, domain_sizes, load_policy, re
 from rl.pairs import SOURCES, build_pairs
 
 log = logging.getLogger("rl.dpo")
-# TRL's pairwise losses that need nothing but (prompt, chosen, rejected) and a reference policy
+# TRL's pairwise losses that need nothing but (prompt, chosen, rejected) and a reference policy, and `sft` (NLL on
+# the chosen completion: `loss_type: [sigmoid, sft]` with `loss_weights` is DPO + an SFT term, RPO-style)
 LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero", "apo_down",
-              "exo_pair", "discopop", "sigmoid_norm")
+              "exo_pair", "discopop", "sigmoid_norm", "sft")
 
 
 @dataclass

@@ -46,6 +46,9 @@ class GRPOArguments(RLArguments):
     weight_semantic: float = field(default=0.0, metadata={"help": "cosine of item text embeddings"})
     embeddings_dir: str = field(default="", metadata={"help": "item embeddings for weight_semantic"})
     rollout_batch_size: int = field(default=16, metadata={"help": "prompts per rollout forward"})
+    inject_target: bool = field(default=False, metadata={"help": "a group without the target gets it in place of "
+                                                                 "its last completion (every group teaches; that "
+                                                                 "completion is not a policy sample)"})
 
 
 def check_args(script: GRPOArguments, training: GRPOConfig) -> None:
@@ -104,7 +107,7 @@ def train(script: GRPOArguments, training: GRPOConfig) -> GRPOTrainer:
     try:
         rollouts = ConstrainedRollouts(tokenizer, catalogue, training.num_generations, script.rollout_mode,
                                        training.temperature, domain_of, targets, script.rollout_batch_size,
-                                       training.seed)
+                                       training.seed, inject_target=script.inject_target)
     except ValueError as e:
         raise UserError(f"`num_generations`: {e}") from None
     funcs, weights = build_rewards(script, catalogue, dataset)
@@ -123,7 +126,8 @@ def train(script: GRPOArguments, training: GRPOConfig) -> GRPOTrainer:
 
         trainer.remove_callback(ProgressCallback)
     trainer.train()
-    extra = {"rollout_mode": script.rollout_mode, "num_generations": training.num_generations,
+    extra = {"rollout_mode": script.rollout_mode, "inject_target": script.inject_target,
+             "num_generations": training.num_generations,
              "reward_weights": dict(zip([f.__name__ for f in funcs], weights)),
              "steps": trainer.state.global_step}
     if validation is not None:

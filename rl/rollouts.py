@@ -101,12 +101,16 @@ class ConstrainedRollouts:
     """The ``rollout_func`` for ``GRPOTrainer``: G valid items per prompt, ``beam`` or ``sample`` mode.
 
     domain_of: ``{prompt: domain}`` for every training prompt (the trie root of its row; None = whole catalogue),
-    targets: ``{prompt: target item}`` (optional; only for the ``in_group`` statistic).
+    targets: ``{prompt: target item}`` (the ``in_group`` statistic, and ``inject_target``).
+    inject_target: where a group lacks the target, its last completion (the lowest beam in beam mode) is replaced by the target's SID (the group
+    then always holds one positive: every group teaches, as a listwise loss against the model's own top items; the
+    injected completion is not a sample of the policy). Ranks are recomputed from the log-probs after injection.
     """
 
     def __init__(self, tokenizer, catalogue: Catalogue, num_generations: int, mode: str = "beam",
                  temperature: float = 1.0, domain_of: Mapping[str, str | None] | None = None,
-                 targets: Mapping[str, str] | None = None, batch_size: int = 16, seed: int = 0):
+                 targets: Mapping[str, str] | None = None, batch_size: int = 16, seed: int = 0,
+                 inject_target: bool = False):
         if mode not in MODES:
             raise ValueError(f"rollout mode {mode!r}; choose from {MODES}")
         if num_generations < 2:
@@ -118,6 +122,9 @@ class ConstrainedRollouts:
         self.tokenizer, self.catalogue, self.G, self.mode = tokenizer, catalogue, num_generations, mode
         self.temperature, self.batch_size = temperature, batch_size
         self.domain_of, self.targets = dict(domain_of or {}), dict(targets or {})
+        if inject_target and not self.targets:
+            raise ValueError("inject_target needs the target of every prompt (targets)")
+        self.inject_target = inject_target
         self.trie = catalogue.trie(tokenizer)
         self.eos = int(tokenizer.eos_token_id)
         self.pad = self.eos if tokenizer.pad_token_id is None else int(tokenizer.pad_token_id)
@@ -127,7 +134,8 @@ class ConstrainedRollouts:
                              f"({smallest} items): a group cannot hold that many distinct items")
         self.generator = torch.Generator().manual_seed(seed)
         self._tables: dict[str, TrieTables] = {}
-        self.history: dict[str, list[float]] = {"target_in_group": [], "duplicate_share": [], "seconds": []}
+        self.history: dict[str, list[float]] = {"target_in_group": [], "duplicate_share": [], "injected_share": [],
+                                                "seconds": []}
 
     def tables(self, device) -> TrieTables:
         key = str(device)
@@ -170,13 +178,12 @@ class ConstrainedRollouts:
                 roots = torch.tensor([self.trie.root(self.domain_of.get(p)) for p in chunk], dtype=torch.long)
                 if self.mode == "beam":
                     res = trie_beam_search(model, ids, mask, tables, roots.to(device), self.G, self.eos)
-                    tokens, leaves, scores = res.tokens, res.leaves, res.scores
+                    tokens, leaves = res.tokens, res.leaves
                 else:
-                    tokens, leaves, scores = trie_sample(model, ids, mask, tables, roots, self.G, self.eos,
+                    tokens, leaves, _ = trie_sample(model, ids, mask, tables, roots, self.G, self.eos,
                                                          self.temperature, self.generator)
                 if bool((leaves < 0).any()):
                     raise RuntimeError("a rollout left the trie (a bug: every beam/sample must be a real item)")
-                order = scores.argsort(dim=1, descending=True, stable=True).argsort(dim=1)  # rank of each [b, G]
                 rows = tables.leaf_item[leaves].cpu()
                 for j in range(len(chunk)):
                     p_ids = ids[j][mask[j].bool()].tolist()
@@ -184,19 +191,34 @@ class ConstrainedRollouts:
                         prompt_ids.append(p_ids)
                         completion_ids.append(tokens[j, s].tolist() + [self.eos])
                         items.append(self.catalogue.item_ids[int(rows[j, s])])
-                        ranks.append(int(order[j, s]))
                         groups.append(start + j)
+            in_group = [0.0] * len(items)
+            injected = 0
+            for g, prompt in enumerate(unique):
+                want = self.targets.get(prompt)
+                members = range(g * self.G, (g + 1) * self.G)
+                hit = want is not None and any(items[i] == want for i in members)
+                in_group[members.start:members.stop] = [float(hit)] * self.G
+                if self.inject_target and not hit:  # beams come best first: the last is the lowest
+                    last = members.stop - 1
+                    items[last] = want
+                    completion_ids[last] = self.tokenizer.convert_tokens_to_ids(self.catalogue.sid_tokens(want)) + \
+                        [self.eos]
+                    injected += 1
             logprobs = completion_logprobs(model, prompt_ids, completion_ids, self.pad)
         finally:
             model.train(was_training)
-        in_group = [0.0] * len(items)
-        if self.targets:
-            for g, prompt in enumerate(unique):
-                hit = float(any(items[g * self.G + s] == self.targets.get(prompt) for s in range(self.G)))
-                in_group[g * self.G:(g + 1) * self.G] = [hit] * self.G
+        for g in range(len(unique)):  # rank in the group by sequence log-prob (0 = best; ties by position)
+            sums = [sum(logprobs[i]) for i in range(g * self.G, (g + 1) * self.G)]
+            order = sorted(range(self.G), key=lambda i: (-sums[i], i))
+            rank = [0] * self.G
+            for r, i in enumerate(order):
+                rank[i] = r
+            ranks.extend(rank)
         distinct = sum(len(set(items[g * self.G:(g + 1) * self.G])) for g in range(len(unique)))
         stats = {"target_in_group": sum(in_group[::self.G]) / len(unique),
-                 "duplicate_share": 1.0 - distinct / len(items), "seconds": time.perf_counter() - t0}
+                 "duplicate_share": 1.0 - distinct / len(items), "injected_share": injected / len(unique),
+                 "seconds": time.perf_counter() - t0}
         for name, value in stats.items():
             self.history[name].append(value)
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": logprobs,

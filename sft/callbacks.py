@@ -134,14 +134,14 @@ class TimeBudget(TrainerCallback):
 
     CLOCKS = ("wall", "cpu")
 
-    def __init__(self, minutes: float, clock: str = "wall", show_progress: bool = False):
+    def __init__(self, minutes: float, clock: str = "wall", show_progress: bool = False, desc: str = "SFT"):
         if clock not in self.CLOCKS:
             raise ValueError(f"time budget clock {clock!r}; choose from {self.CLOCKS}")
         if minutes <= 0:
             raise ValueError(f"time budget must be positive, got {minutes} minutes")
         self.seconds, self.clock = minutes * 60, clock
         self.start: float | None = None
-        self.show_progress, self.bar = show_progress, None
+        self.show_progress, self.bar, self.desc = show_progress, None, desc
 
     def now(self) -> float:
         if self.clock == "wall":
@@ -154,7 +154,8 @@ class TimeBudget(TrainerCallback):
             from tqdm.auto import tqdm
 
             # The bar counts the budget, not the step total of num_train_epochs (which a budget cuts short).
-            self.bar = tqdm(total=round(self.seconds / 60, 2), unit="min", desc=f"SFT ({self.clock} time budget)",
+            self.bar = tqdm(total=round(self.seconds / 60, 2), unit="min",
+                            desc=f"{self.desc} ({self.clock} time budget)",
                             bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} min {postfix}")
 
     def on_step_end(self, args, state, control, **kwargs):

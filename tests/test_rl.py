@@ -132,6 +132,34 @@ def test_rollouts_are_valid_items_of_the_domain_with_teacher_forced_logprobs(pip
     assert 0.0 <= stats["target_in_group"] <= 1.0 and rollouts.pop_stats() == {}
 
 
+@pytest.mark.parametrize("mode", ["beam", "sample"])
+def test_injected_target_makes_every_group_hold_it(pipeline, mode):
+    from data_builders.prompts import next_item_prompt
+    from rl.rollouts import ConstrainedRollouts
+
+    model, tok, catalogue, dataset = _policy(pipeline)
+    rows = list(dataset.splits["train"])[:4]
+    prompts = [next_item_prompt([catalogue.sid_string(i) for i in r["history"]], tok, 10) for r in rows]
+    targets = dict(zip(prompts, [r["target"] for r in rows]))
+    G = 2  # small groups: most lack the target
+    plain = ConstrainedRollouts(tok, catalogue, G, mode, domain_of=dict(zip(prompts, [r["domain"] for r in rows])),
+                                targets=targets)
+    inject = ConstrainedRollouts(tok, catalogue, G, mode, domain_of=plain.domain_of, targets=targets,
+                                 inject_target=True)
+    batch = [p for p in prompts for _ in range(G)]
+    before, after = plain.generate(model, batch), inject.generate(model, batch)
+    lacking = [g for g in range(4) if targets[prompts[g]] not in before["item_id"][g * G:(g + 1) * G]]
+    for g, prompt in enumerate(prompts):
+        group = slice(g * G, (g + 1) * G)
+        assert targets[prompt] in after["item_id"][group]
+        assert sorted(after["group_rank"][group]) == list(range(G))
+        for comp, lp in zip(after["completion_ids"][group], after["logprobs"][group]):
+            assert lp == pytest.approx(_teacher_forced(model, tok, prompt, comp), abs=1e-4)
+    stats = inject.pop_stats()
+    assert stats["injected_share"] == pytest.approx(len(lacking) / 4) if mode == "beam" else stats["injected_share"] <= 1
+    assert stats["target_in_group"] < 1.0 or not lacking  # the statistic is measured before injection
+
+
 def test_rollouts_refuse_groups_that_cannot_be_distinct(pipeline):
     from rl.rollouts import ConstrainedRollouts
 
