@@ -119,10 +119,23 @@ def training_rows(script: RLArguments, dataset, seed: int) -> list[dict]:
     return rows
 
 
-def validation_rows(script: RLArguments, dataset, seed: int) -> list[dict]:
+def validation_rows(script: RLArguments, dataset, seed: int, parent_meta: dict | None = None) -> list[dict]:
+    """A seeded sample of valid rows, without the rows the parent SFT run selected its step on: the parent is the
+    best of many evaluations on those, so RL steps compared there would look worse by regression to the mean."""
     if script.val_rec_rows <= 0:
         return []
-    rows = [r for r in dataset.splits["valid"] if not script.domains or r["domain"] in script.domains]
+    split = dataset.splits["valid"]
+    used: set[int] = set()
+    cfg = (parent_meta or {}).get("config", {})
+    n_parent = cfg.get("script", {}).get("val_rec_rows") or 0
+    if n_parent and cfg.get("training", {}).get("eval_strategy", "no") != "no":
+        import random
+
+        parent_seed = cfg.get("training", {}).get("seed", 0)  # sft/train.py: sample_rows(valid, n, seed)
+        used = set(random.Random(parent_seed).sample(range(len(split)), min(n_parent, len(split))))
+    rows = [split[i] for i in range(len(split)) if i not in used
+            and (not script.domains or split[i]["domain"] in script.domains)]
+    check(rows, "val_rec_rows", "no valid rows left after the parent's selection rows")
     return sample_rows(rows, script.val_rec_rows, seed)
 
 
@@ -180,7 +193,8 @@ class RolloutStatsLog(TrainerCallback):
             logs.update({f"rollout/{k}": round(v, 4) for k, v in self.rollouts.pop_stats().items()})
 
 
-def standard_callbacks(script: RLArguments, training, tokenizer, catalogue, dataset, show_progress: bool = True):
+def standard_callbacks(script: RLArguments, training, tokenizer, catalogue, dataset, show_progress: bool = True,
+                       parent_meta: dict | None = None):
     """(callbacks, metrics_log, validation or None) in the order they must run."""
     metrics_log = MetricsLog(training.output_dir)
     callbacks: list = []
@@ -188,7 +202,7 @@ def standard_callbacks(script: RLArguments, training, tokenizer, catalogue, data
         callbacks.append(TimeBudget(script.time_budget_minutes, script.time_budget_clock,
                                     show_progress=show_progress, desc="RL"))
     validation = None
-    rows = validation_rows(script, dataset, training.seed)
+    rows = validation_rows(script, dataset, training.seed, parent_meta)
     if rows:
         validation = BestByValidation(tokenizer, catalogue, rows, script.val_every, script.val_k,
                                       script.history_len, metrics_log)

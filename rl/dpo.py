@@ -77,7 +77,8 @@ def train(script: DPOArguments, training: DPOConfig) -> DPOTrainer:
     log.info("DPO pairs: %s", stats)
     train_ds = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
     callbacks, metrics_log, validation = standard_callbacks(script, training, tokenizer, catalogue, dataset,
-                                                            show_progress=not training.disable_tqdm)
+                                                            show_progress=not training.disable_tqdm,
+                                                            parent_meta=meta)
     callbacks.append(metrics_log)
     trainer = DPOTrainer(model=model, args=training, train_dataset=train_ds, processing_class=tokenizer,
                          callbacks=callbacks)

@@ -117,7 +117,8 @@ def train(script: GRPOArguments, training: GRPOConfig) -> GRPOTrainer:
     log.info("GRPO on %d rows (%s), %s rollouts x %d, rewards %s", len(train_ds), script.train_splits,
              script.rollout_mode, training.num_generations, [f.__name__ for f in funcs])
     callbacks, metrics_log, validation = standard_callbacks(script, training, tokenizer, catalogue, dataset,
-                                                            show_progress=not training.disable_tqdm)
+                                                            show_progress=not training.disable_tqdm,
+                                                            parent_meta=meta)
     callbacks += [RolloutStatsLog(rollouts), metrics_log]
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=training, train_dataset=train_ds,
                           processing_class=tokenizer, callbacks=callbacks, rollout_func=rollouts)

@@ -395,3 +395,18 @@ def test_eval_reports_the_sft_and_the_rl_row_on_the_same_rows(pipeline, tmp_path
     sft, rl = metrics["methods"]["generative"]["all"], metrics["methods"]["generative_rl"]["all"]
     assert sft["rows"] == rl["rows"] > 0 and rl["invalid_rate"] == 0.0
     assert "generative_rl" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_validation_rows_leave_out_the_rows_the_parent_was_selected_on(pipeline):
+    from data_builders.dataset import load_rec_dataset
+    from rl.common import RLArguments, validation_rows
+    from sft.callbacks import sample_rows
+
+    dataset = load_rec_dataset(pipeline["dataset"])
+    valid = dataset.splits["valid"]
+    parent = {"config": {"script": {"val_rec_rows": 5}, "training": {"seed": 3, "eval_strategy": "steps"}}}
+    chosen_on = {(r["user_id"], r["target"]) for r in sample_rows(valid, 5, 3)}  # what sft/train.py scored
+    rows = validation_rows(RLArguments(val_rec_rows=100), dataset, 0, parent)
+    assert len(rows) == len(valid) - 5 and not {(r["user_id"], r["target"]) for r in rows} & chosen_on
+    unselected = {"config": {"script": {"val_rec_rows": 5}, "training": {"seed": 3, "eval_strategy": "no"}}}
+    assert len(validation_rows(RLArguments(val_rec_rows=100), dataset, 0, unselected)) == len(valid)
