@@ -13,7 +13,8 @@ same way. Variants (configs/rl/*_scratch.yaml, one torch thread, a CPU-minute bu
 
 * ``grpo`` — GRPO over 16 trie beams per prompt (``rollout_mode: beam``), reward = hit + MiniOneRec's NDCG penalty
 * ``grpo_sample`` — the same over 16 samples of the constrained policy (on-policy)
-* ``dpo`` — DPO on 3 self-hard negatives per row (the SFT model's top wrong beams)
+* ``grpo_inject`` — beams, the target injected into groups that lack it, dropout kept in the loss forward
+* ``dpo`` — DPO (+ an SFT term) on 3 self-hard negatives per row (the SFT model's top wrong beams)
 
 Two seeds each (the RL seed: row order, sampling). Reported per variant: valid and test per domain (mean over
 seeds), per-seed numbers, spread (max - min over seeds), relative NDCG@10 gain over ``sft``, steps, CPU minutes,
@@ -39,6 +40,7 @@ TEST_EVAL = "configs/eval/amazon18_rl_test.yaml"
 VARIANTS = {
     "grpo": ("rl/grpo.py", "configs/rl/grpo_scratch.yaml"),
     "grpo_sample": ("rl/grpo.py", "configs/rl/grpo_sample_scratch.yaml"),
+    "grpo_inject": ("rl/grpo.py", "configs/rl/grpo_inject_scratch.yaml"),
     "dpo": ("rl/dpo.py", "configs/rl/dpo_scratch.yaml"),
 }
 DOMAINS = ("Industrial_and_Scientific", "Office_Products")
@@ -66,7 +68,7 @@ def train_one(variant: str, seed: int, budget: float, extra: list[str]) -> dict:
     if info_path.exists():
         return json.loads(info_path.read_text())
     cmd = [sys.executable, script, "--config", config, "--sft_checkpoint", str(PARENT), "--train_splits", "train",
-           "--val_rec_rows", "1000", "--seed", str(seed), "--time_budget_minutes", str(budget),
+           "--val_rec_rows", "1000", "--val_every", "40", "--seed", str(seed), "--time_budget_minutes", str(budget),
            "--output_dir", str(out), *extra]
     cpu = run(cmd, OUT / f"{variant}_s{seed}.train.log")
     meta = json.loads((REPO / out / "genrec_sft.json").read_text())
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                     choices=["train", "eval", "assemble"])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    ap.add_argument("--budget_minutes", type=float, default=10.0, help="RL CPU minutes per run (one thread)")
+    ap.add_argument("--budget_minutes", type=float, default=6.0, help="RL CPU minutes per run (one thread)")
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags passed to every RL run")
     ap.add_argument("--out", default="benchmarks/results/rl.json")
