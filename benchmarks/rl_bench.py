@@ -150,7 +150,22 @@ def assemble(variants: list[str], seeds: list[int]) -> dict:
             and entry["test"][d]["ndcg@10"] - sft["test"][d]["ndcg@10"] > entry["spread"]["test"][d]["ndcg@10"]
             for d in DOMAINS) and entry["cpu_minutes"] <= 20)
         result[variant] = entry
+    result["exploration_valid_1000_rows"] = exploration()
     return result
+
+
+def exploration() -> dict:
+    """The valid curves (1,000 rows) of the exploratory runs in artifacts/amazon18/rl_runs (how the settings were
+    chosen; some were stopped early once the curve was clear). Runs whose name ends in ``_biased`` scored the rows the
+    SFT start was selected on (before RL's validation left them out), so their step 0 is optimistic."""
+    found = {}
+    root = REPO / ART / "rl_runs"
+    for path in sorted(root.glob("*/metrics.jsonl")) if root.exists() else []:
+        curve = [{"step": r["step"], "ndcg@10": round(r["valid_ndcg@10"], 4), "hr@10": round(r["valid_hr@10"], 4)}
+                 for r in map(json.loads, path.read_text().splitlines()) if "valid_ndcg@10" in r]
+        if curve:
+            found[path.parent.name] = curve
+    return found
 
 
 def _strip(found: dict) -> dict:
@@ -190,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         (REPO / args.out).write_text(json.dumps(result, indent=1) + "\n")
         print(json.dumps({v: {"test": e["test"], "valid_all": e["valid"]["all"]} if "gain_vs_sft" not in e else
                           {"test_gain": e["gain_vs_sft"]["test"], "meets_bar": e["meets_bar"]}
-                          for v, e in result.items() if v != "protocol"}, indent=1))
+                          for v, e in result.items() if v not in ("protocol", "exploration_valid_1000_rows")},
+                         indent=1))
     return 0
 
 

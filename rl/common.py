@@ -210,6 +210,21 @@ def standard_callbacks(script: RLArguments, training, tokenizer, catalogue, data
     return callbacks, metrics_log, validation
 
 
+def train_and_save(trainer, validation, tokenizer, artifact, parent_meta: dict, script: RLArguments, training,
+                   stage: str, extra: dict):
+    """Train (a time budget shows its own bar instead of the step total), put back the best valid step, save."""
+    if script.time_budget_minutes is not None:
+        from transformers.trainer_callback import ProgressCallback
+
+        trainer.remove_callback(ProgressCallback)
+    trainer.train()
+    extra = {**extra, "steps": trainer.state.global_step}
+    if validation is not None:
+        extra.update(best_step=validation.best[1], valid_curve=validation.curve)
+    save_policy(trainer, tokenizer, artifact, parent_meta, script, training, stage, extra)
+    return trainer
+
+
 def save_policy(trainer, tokenizer, artifact, parent_meta: dict, script: RLArguments, training, stage: str,
                 extra: dict) -> None:
     """Model (or adapter + SID rows), tokenizer and ``genrec_sft.json`` (parent's fields + the RL stage)."""

@@ -26,8 +26,8 @@ from trl import DPOConfig, DPOTrainer
 
 from data_builders.cli import UserError, check, check_choice, check_output_dir, check_range, parse_config, run_cli
 from decoding.catalogue import Catalogue
-from rl.common import (RLArguments, check_rl_args, domain_sizes, load_policy, require_world_size_one, save_policy,
-                       standard_callbacks, training_rows)
+from rl.common import (RLArguments, check_rl_args, domain_sizes, load_policy, require_world_size_one,
+                       standard_callbacks, train_and_save, training_rows)
 from rl.pairs import SOURCES, build_pairs
 
 log = logging.getLogger("rl.dpo")
@@ -82,16 +82,7 @@ def train(script: DPOArguments, training: DPOConfig) -> DPOTrainer:
     callbacks.append(metrics_log)
     trainer = DPOTrainer(model=model, args=training, train_dataset=train_ds, processing_class=tokenizer,
                          callbacks=callbacks)
-    if script.time_budget_minutes is not None:
-        from transformers.trainer_callback import ProgressCallback
-
-        trainer.remove_callback(ProgressCallback)
-    trainer.train()
-    extra = {"pairs": stats, "steps": trainer.state.global_step}
-    if validation is not None:
-        extra.update(best_step=validation.best[1], valid_curve=validation.curve)
-    save_policy(trainer, tokenizer, artifact, meta, script, training, "dpo", extra)
-    return trainer
+    return train_and_save(trainer, validation, tokenizer, artifact, meta, script, training, "dpo", {"pairs": stats})
 
 
 def run_dpo(argv: list[str] | None = None) -> DPOTrainer:

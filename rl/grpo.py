@@ -28,8 +28,8 @@ from trl import GRPOConfig, GRPOTrainer
 from data_builders.cli import UserError, check, check_choice, check_output_dir, check_range, parse_config, require_dir, run_cli
 from data_builders.examples import sequence_examples
 from decoding.catalogue import Catalogue
-from rl.common import (RLArguments, RolloutStatsLog, check_rl_args, domain_sizes, load_policy, require_world_size_one,
-                       save_policy, standard_callbacks, training_rows)
+from rl.common import (RLArguments, RolloutStatsLog, check_rl_args, domain_sizes, load_policy,
+                       require_world_size_one, standard_callbacks, train_and_save, training_rows)
 from rl.rewards import build_reward_funcs
 from rl.rollouts import MODES, ConstrainedRollouts
 
@@ -122,19 +122,10 @@ def train(script: GRPOArguments, training: GRPOConfig) -> GRPOTrainer:
     callbacks += [RolloutStatsLog(rollouts), metrics_log]
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=training, train_dataset=train_ds,
                           processing_class=tokenizer, callbacks=callbacks, rollout_func=rollouts)
-    if script.time_budget_minutes is not None:
-        from transformers.trainer_callback import ProgressCallback
-
-        trainer.remove_callback(ProgressCallback)
-    trainer.train()
     extra = {"rollout_mode": script.rollout_mode, "inject_target": script.inject_target,
              "num_generations": training.num_generations,
-             "reward_weights": dict(zip([f.__name__ for f in funcs], weights)),
-             "steps": trainer.state.global_step}
-    if validation is not None:
-        extra.update(best_step=validation.best[1], valid_curve=validation.curve)
-    save_policy(trainer, tokenizer, artifact, meta, script, training, "grpo", extra)
-    return trainer
+             "reward_weights": dict(zip([f.__name__ for f in funcs], weights))}
+    return train_and_save(trainer, validation, tokenizer, artifact, meta, script, training, "grpo", extra)
 
 
 def run_grpo(argv: list[str] | None = None) -> GRPOTrainer:
