@@ -48,7 +48,7 @@ KEYS = ("hr@10", "ndcg@10", "hr@5", "ndcg@5")
 
 
 def run(cmd: list[str], log_path: Path) -> float:
-    """Run ``cmd`` (cwd = repo, one torch thread) with output in ``log_path``; its own CPU minutes. Raises on failure."""
+    """Run ``cmd`` (cwd = repo, one torch thread), output in ``log_path``; its own CPU minutes. Raises on failure."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
     log_path = REPO / log_path
     log_path.parent.mkdir(parents=True, exist_ok=True)

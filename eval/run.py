@@ -331,7 +331,8 @@ def check_args(a: EvalArgs) -> None:
     check_dense_args(a)
     kmax = max(a.ks)
     check_range("short_history_max", a.short_history_max, 0)
-    if a.generative_num_beams and {"generative", "generative_rl"} & set(a.methods):  # (generative_rerank decodes rerank_candidates beams)
+    # (generative_rerank decodes rerank_candidates beams)
+    if a.generative_num_beams and {"generative", "generative_rl"} & set(a.methods):
         check(a.generative_num_beams >= kmax, "generative_num_beams",
               f"{a.generative_num_beams} beams cannot fill a top-{kmax} list (max of ks); set it >= {kmax} or 0")
     users = [m for m in needs_embeddings(a) if m != "generative_rerank"]

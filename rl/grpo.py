@@ -25,7 +25,8 @@ if __package__ in (None, ""):  # `python rl/grpo.py`: make the repository import
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
-from data_builders.cli import UserError, check, check_choice, check_output_dir, check_range, parse_config, require_dir, run_cli
+from data_builders.cli import (UserError, check, check_choice, check_output_dir, check_range, parse_config,
+                               require_dir, run_cli)
 from data_builders.examples import sequence_examples
 from decoding.catalogue import Catalogue
 from rl.common import (RLArguments, RolloutStatsLog, check_rl_args, domain_sizes, load_policy,

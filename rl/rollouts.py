@@ -102,9 +102,10 @@ class ConstrainedRollouts:
 
     domain_of: ``{prompt: domain}`` for every training prompt (the trie root of its row; None = whole catalogue),
     targets: ``{prompt: target item}`` (the ``in_group`` statistic, and ``inject_target``).
-    inject_target: where a group lacks the target, its last completion (the lowest beam in beam mode) is replaced by the target's SID (the group
-    then always holds one positive: every group teaches, as a listwise loss against the model's own top items; the
-    injected completion is not a sample of the policy). Ranks are recomputed from the log-probs after injection.
+    inject_target: where a group lacks the target, its last completion (the lowest beam in beam mode) is replaced
+    by the target's SID (the group then always holds one positive: every group teaches, as a listwise loss against
+    the model's own top items; the injected completion is not a sample of the policy). Ranks are recomputed from
+    the log-probs after injection.
     """
 
     def __init__(self, tokenizer, catalogue: Catalogue, num_generations: int, mode: str = "beam",

@@ -47,8 +47,8 @@ def test_ndcg_rank_reward_on_hand_made_groups():
 
 
 def test_prefix_reward_is_graded_per_matched_level():
-    sids = {"t": ["<a_1>", "<b_2>", "<c_3>"], "same2": ["<a_1>", "<b_2>", "<c_0>"], "same1": ["<a_1>", "<b_0>", "<c_3>"],
-            "none": ["<a_0>", "<b_2>", "<c_3>"]}
+    sids = {"t": ["<a_1>", "<b_2>", "<c_3>"], "same2": ["<a_1>", "<b_2>", "<c_0>"],
+            "same1": ["<a_1>", "<b_0>", "<c_3>"], "none": ["<a_0>", "<b_2>", "<c_3>"]}
     out = make_prefix_reward(sids)([""] * 4, [[0]] * 4, target=["t"] * 4, item_id=["t", "same2", "same1", "none"])
     assert out == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0])  # a later match after a mismatch earns nothing
 
@@ -156,7 +156,8 @@ def test_injected_target_makes_every_group_hold_it(pipeline, mode):
         for comp, lp in zip(after["completion_ids"][group], after["logprobs"][group]):
             assert lp == pytest.approx(_teacher_forced(model, tok, prompt, comp), abs=1e-4)
     stats = inject.pop_stats()
-    assert stats["injected_share"] == pytest.approx(len(lacking) / 4) if mode == "beam" else stats["injected_share"] <= 1
+    if mode == "beam":  # deterministic: the same beams lack the target in both runs
+        assert stats["injected_share"] == pytest.approx(len(lacking) / 4)
     assert stats["target_in_group"] < 1.0 or not lacking  # the statistic is measured before injection
 
 
@@ -300,9 +301,9 @@ def test_entry_point_trains_saves_and_reloads_to_identical_logits(pipeline, tmp_
     rec = GenerativeRecommender(str(out), num_beams=3)
     rec.fit(dataset, [], None)
     row = dataset.splits["test"][0]
-    items = rec.recommend([Query(row=0, user_id=row["user_id"], domain=row["domain"], history=tuple(row["history"]))], 3)[0]
-    assert len(items) == 3 and all(catalogue_domain == row["domain"] for catalogue_domain in
-                                   [rec.catalogue.domains[rec.catalogue.row(i)] for i in items])
+    query = Query(row=0, user_id=row["user_id"], domain=row["domain"], history=tuple(row["history"]))
+    items = rec.recommend([query], 3)[0]
+    assert len(items) == 3 and all(rec.catalogue.domains[rec.catalogue.row(i)] == row["domain"] for i in items)
 
 
 def test_grpo_sample_mode_and_no_validation_run(pipeline, tmp_path):
