@@ -29,9 +29,10 @@ SFT_DIR    := $(ART)/sft_$(basename $(notdir $(SFT_CONFIG)))
 # The small scratch decoder trains faster on one thread (its matrices are too small to split); LLMs use two.
 SFT_THREADS ?= $(if $(findstring scratch,$(SFT_CONFIG)),1,2)
 
-# The RL step after SFT (rl/grpo.py or rl/dpo.py, a fixed CPU budget; benchmarks/rl_bench.py compares the variants).
+# The RL step after SFT (rl/grpo.py or rl/dpo.py, a fixed CPU budget): DPO with self-hard negatives, the variant with
+# the best valid curves in benchmarks/rl_bench.py.
 # It must match the SFT model: for SFT_CONFIG=configs/sft/smollm2_lora.yaml pass RL_CONFIG=configs/rl/grpo_smollm2_lora.yaml.
-RL_CONFIG  ?= configs/rl/grpo_scratch.yaml
+RL_CONFIG  ?= configs/rl/dpo_scratch.yaml
 RL_SCRIPT  := $(if $(findstring dpo,$(notdir $(RL_CONFIG))),rl/dpo.py,rl/grpo.py)
 RL_DIR     := $(SFT_DIR)_rl
 

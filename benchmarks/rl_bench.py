@@ -15,6 +15,7 @@ same way. Variants (configs/rl/*_scratch.yaml, one torch thread, a CPU-minute bu
 * ``grpo_sample`` — the same over 16 samples of the constrained policy (on-policy)
 * ``grpo_inject`` — beams, the target injected into groups that lack it, dropout kept in the loss forward
 * ``dpo`` — DPO (+ an SFT term) on 3 self-hard negatives per row (the SFT model's top wrong beams)
+* ``dpo_15min`` — the same with 15 CPU minutes (the 6-minute valid curves were still rising)
 
 Two seeds each (the RL seed: row order, sampling). Reported per variant: valid and test per domain (mean over
 seeds), per-seed numbers, spread (max - min over seeds), relative NDCG@10 gain over ``sft``, steps, CPU minutes,
@@ -42,6 +43,8 @@ VARIANTS = {
     "grpo_sample": ("rl/grpo.py", "configs/rl/grpo_sample_scratch.yaml"),
     "grpo_inject": ("rl/grpo.py", "configs/rl/grpo_inject_scratch.yaml"),
     "dpo": ("rl/dpo.py", "configs/rl/dpo_scratch.yaml"),
+    # the 6-minute DPO curves were still rising at the budget's end (valid): the same with 15 CPU minutes
+    "dpo_15min": ("rl/dpo.py", "configs/rl/dpo_scratch.yaml", ["--time_budget_minutes", "15"]),
 }
 DOMAINS = ("Industrial_and_Scientific", "Office_Products")
 KEYS = ("hr@10", "ndcg@10", "hr@5", "ndcg@5")
@@ -62,14 +65,14 @@ def run(cmd: list[str], log_path: Path) -> float:
 
 
 def train_one(variant: str, seed: int, budget: float, extra: list[str]) -> dict:
-    script, config = VARIANTS[variant]
+    script, config, *own = VARIANTS[variant]
     out = OUT / f"{variant}_s{seed}"
     info_path = REPO / out / "bench_run.json"
     if info_path.exists():
         return json.loads(info_path.read_text())
     cmd = [sys.executable, script, "--config", config, "--sft_checkpoint", str(PARENT), "--train_splits", "train",
            "--val_rec_rows", "1000", "--val_every", "40", "--seed", str(seed), "--time_budget_minutes", str(budget),
-           "--output_dir", str(out), *extra]
+           "--output_dir", str(out), *extra, *(own[0] if own else [])]
     cpu = run(cmd, OUT / f"{variant}_s{seed}.train.log")
     meta = json.loads((REPO / out / "genrec_sft.json").read_text())
     records = [json.loads(line) for line in (REPO / out / "metrics.jsonl").read_text().splitlines()]
