@@ -154,6 +154,16 @@ def assemble(variants: list[str], seeds: list[int]) -> dict:
             for d in DOMAINS) and entry["cpu_minutes"] <= 20)
         result[variant] = entry
     result["exploration_valid_1000_rows"] = exploration()
+    demo = REPO / ART / "eval_generative" / "metrics.json"  # `make demo`: SFT and SFT+RL on train + valid rows
+    if demo.exists():
+        m = json.loads(demo.read_text())
+        if {"generative", "generative_rl"} <= set(m["methods"]):
+            result["make_demo_all_prior"] = {
+                "protocol": f"make demo: SFT ({m['config'].get('generative_checkpoint')}) and its RL stage "
+                            f"({m['config'].get('generative_rl_checkpoint')}) both trained on {m['train_splits']}, "
+                            "one seed, no selection; test rows " + str(m["eval_rows"]),
+                **{name: {d: {k: round(m["methods"][name][d][k], 4) for k in KEYS} for d in (*DOMAINS, "all")}
+                   for name in ("generative", "generative_rl")}}
     return result
 
 
