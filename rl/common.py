@@ -6,18 +6,16 @@ the parent checkpoint).
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
 
 from data_builders.cli import UserError, check, check_choice, check_range, check_seed, read_json_file, require_dir
-from sft.callbacks import MetricsLog, TimeBudget, constrained_metrics, sample_rows
+from sft.callbacks import MetricsLog, TimeBudget, constrained_metrics, sample_indices, sample_rows
 
 log = logging.getLogger("rl")
 
@@ -129,10 +127,8 @@ def validation_rows(script: RLArguments, dataset, seed: int, parent_meta: dict |
     cfg = (parent_meta or {}).get("config", {})
     n_parent = cfg.get("script", {}).get("val_rec_rows") or 0
     if n_parent and cfg.get("training", {}).get("eval_strategy", "no") != "no":
-        import random
-
         parent_seed = cfg.get("training", {}).get("seed", 0)  # sft/train.py: sample_rows(valid, n, seed)
-        used = set(random.Random(parent_seed).sample(range(len(split)), min(n_parent, len(split))))
+        used = set(sample_indices(len(split), n_parent, parent_seed))
     rows = [split[i] for i in range(len(split)) if i not in used
             and (not script.domains or split[i]["domain"] in script.domains)]
     check(rows, "val_rec_rows", "no valid rows left after the parent's selection rows")
@@ -247,11 +243,6 @@ def save_policy(trainer, tokenizer, artifact, parent_meta: dict, script: RLArgum
                    "sft": parent_meta.get("config", {})},
         "command": " ".join(sys.orig_argv),
     })
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    p = Path(path) / "metrics.jsonl"
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
 
 
 def require_world_size_one() -> None:

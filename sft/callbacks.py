@@ -22,10 +22,14 @@ from eval.memory import peak_rss_mb
 log = logging.getLogger(__name__)
 
 
+def sample_indices(total: int, n: int, seed: int) -> list[int]:
+    """Sorted indices of a fixed, seeded sample of ``n`` of ``total`` rows (all when ``n`` is larger)."""
+    return sorted(random.Random(seed).sample(range(total), min(n, total)))
+
+
 def sample_rows(split, n: int, seed: int) -> list[dict]:
     """A fixed, seeded sample of ``n`` rows of a dataset split (all rows when ``n`` is larger)."""
-    idx = sorted(random.Random(seed).sample(range(len(split)), min(n, len(split))))
-    return [split[i] for i in idx]
+    return [split[i] for i in sample_indices(len(split), n, seed)]
 
 
 VALIDATION_METRICS = ("hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "invalid_rate")  # what it adds (eval_ prefix)
