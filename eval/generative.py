@@ -61,3 +61,13 @@ class GenerativeRecommender:
                          max_history=self.history_len, show_progress=len(queries) > self.batch_size)
         return ([[item for item, _ in rec] for rec in recs],
                 [np.array([score for _, score in rec], dtype=np.float64) for rec in recs])
+
+    def score_items(self, queries: Sequence[Query], candidates: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """Per query ``log P(SID(c), EOS | prompt)`` of each candidate item (float64): the score beam search ranks
+        by, for any item of the catalogue (:func:`decoding.score.score_items`)."""
+        from decoding.score import score_items
+
+        if self.model is None:
+            raise RuntimeError("call fit() first: it loads the checkpoint")
+        return score_items(self.model, self.tokenizer, self.catalogue, [list(q.history) for q in queries],
+                           candidates, batch_size=self.batch_size, max_history=self.history_len)

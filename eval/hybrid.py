@@ -14,6 +14,13 @@ of the N candidates and w = 0 the scorer's ranking restricted to them; every ite
 (The standalone ``generative`` row decodes with ``generative_num_beams``, default k beams: fewer beams can find a
 different top k, so it equals the w = 1 row only when both decode with the same width.)
 
+Union of both retrievers (``scorer_candidates = M > 0``, LIGER's candidate union): the scorer's own top M items of
+the query (its ``recommend``, full catalogue of the domain) join the N beams; a joined item's g_i is its exact
+``log P(SID, EOS | prompt)`` by a teacher-forced pass (:func:`decoding.score.score_items`, the quantity beam search
+ranks by), and z() runs over the union. The list then holds only items one of the two models proposed, and w = 0 is
+the scorer's own top k (its top M are all candidates), so a sweep over w can only meet or beat the scorer alone on
+the rows it is chosen on.
+
 Choosing w on valid: list several weights (``rerank_weights: [0, 0.25, 0.5, 0.75, 1]``) and evaluate ``split: valid``
 with ``train_splits: [train]``; each weight is a row ``generative_rerank[w=0.25]`` and all rows share one fit, one
 beam search and one scorer pass per query (the first row computes, the others read its cache; their latency is the
@@ -40,6 +47,8 @@ class Scorer(Protocol):
     def fit(self, dataset: Any, train_rows: list[dict], embeddings: np.ndarray | None) -> None: ...
 
     def score_items(self, queries: Sequence[Query], candidates: Sequence[Sequence[str]]) -> list[np.ndarray]: ...
+
+    def recommend(self, queries: Sequence[Query], k: int) -> list[list[str]]: ...  # used when scorer_candidates > 0
 
 
 def zscore(x: np.ndarray) -> np.ndarray:
@@ -87,11 +96,14 @@ class GenerativeRerankRecommender:
     """
 
     def __init__(self, generative: Any, scorer: Scorer, weights: Sequence[float], num_candidates: int = 50,
-                 fusion: str = "zscore", name: str = "generative_rerank"):
+                 fusion: str = "zscore", name: str = "generative_rerank", scorer_candidates: int = 0):
         weights = [float(w) for w in weights]
         check_weights(weights)
         if num_candidates < 1:
             raise ValueError(f"num_candidates={num_candidates}: need at least 1")
+        if scorer_candidates < 0:
+            raise ValueError(f"scorer_candidates={scorer_candidates}: 0 (beams only) or the scorer's top M to join")
+        self.scorer_candidates = scorer_candidates
         if fusion not in FUSIONS:
             raise ValueError(f"fusion={fusion!r}; choose from {FUSIONS}")
         self.generative, self.scorer, self.weights = generative, scorer, weights
@@ -120,7 +132,8 @@ class GenerativeRerankRecommender:
         self._fitted_on = key
         self.train_log = {"scorer": self.scorer.name, "scorer_train_log": getattr(self.scorer, "train_log", {}),
                           "generative_checkpoint": getattr(self.generative, "checkpoint", None),
-                          "num_candidates": self.num_candidates, "fusion": self.fusion, "weights": self.weights}
+                          "num_candidates": self.num_candidates, "scorer_candidates": self.scorer_candidates,
+                          "fusion": self.fusion, "weights": self.weights}
 
     def candidates(self, queries: Sequence[Query], k: int, use_cache: bool = False) -> list[Candidates]:
         """Each query's candidates: one beam search (``num_beams = max(num_candidates, k)``) + one scorer pass for
@@ -131,12 +144,25 @@ class GenerativeRerankRecommender:
         if todo:
             batch = [queries[b] for b in todo]
             items, gen = self.generative.recommend_scored(batch, n, num_beams=n)
+            if self.scorer_candidates:
+                items, gen = self.join_scorer_candidates(batch, items, gen, max(self.scorer_candidates, k))
             scores = self.scorer.score_items(batch, items)
             for b, q, it, g, s in zip(todo, batch, items, gen, scores):
                 out[b] = Candidates(tuple(it), np.asarray(g, dtype=np.float64), np.asarray(s, dtype=np.float64))
                 if self.shared:
                     self._cache.setdefault((q, n), out[b])
         return out  # type: ignore[return-value]
+
+    def join_scorer_candidates(self, queries: Sequence[Query], items: list[list[str]], gen: list[np.ndarray],
+                               m: int) -> tuple[list[list[str]], list[np.ndarray]]:
+        """Beams + the scorer's top ``m`` not among them (after the beams, in the scorer's order), with the
+        generative model's exact score of each joined item."""
+        extra = [[i for i in dict.fromkeys(top) if i not in seen]
+                 for top, seen in zip(self.scorer.recommend(queries, m), map(set, items))]
+        extra_gen = self.generative.score_items(queries, extra)
+        return ([list(b) + e for b, e in zip(items, extra)],
+                [np.concatenate([np.asarray(g, dtype=np.float64), np.asarray(x, dtype=np.float64)])
+                 for g, x in zip(gen, extra_gen)])
 
     def rank(self, candidates: Sequence[Candidates], weight: float, k: int) -> list[list[str]]:
         """Per query the top ``k`` candidates by fused score (module docstring)."""

@@ -101,6 +101,8 @@ class EvalArgs:
     # of the beam search, fused w * z(log-prob) + (1 - w) * z(scorer score); several weights = one row per weight.
     rerank_scorer: str = "sasrec_semantic"  # sasrec | sasrec_semantic | stars | mini_xpert (their settings above)
     rerank_candidates: int = 50
+    # > 0: the scorer's own top M join the beams (LIGER's union), scored by the generative model teacher-forced
+    rerank_scorer_candidates: int = 0
     rerank_weights: list[float] = field(default_factory=lambda: [0.5])  # w in [0, 1]; w = 1: generative only
     # Dense retrieval (methods random, bm25, bi_encoder, bi_encoder_title, xpert, mini_xpert; eval/dense/).
     dense_text: str = "meta"  # item text of xpert / mini_xpert: meta (the embeddings artifact) | title
@@ -213,7 +215,8 @@ def build_generative_rerank(a: EvalArgs, rule: CandidateRule) -> list[Recommende
 
     (generative,) = build_generative(a, rule)
     (scorer,) = RERANK_SCORERS[a.rerank_scorer](a, rule)  # a second instance when the method runs standalone too
-    return GenerativeRerankRecommender(generative, scorer, a.rerank_weights, a.rerank_candidates).rows()
+    return GenerativeRerankRecommender(generative, scorer, a.rerank_weights, a.rerank_candidates,
+                                       scorer_candidates=a.rerank_scorer_candidates).rows()
 
 
 def check_rerank_args(a: EvalArgs) -> None:
@@ -227,6 +230,8 @@ def check_rerank_args(a: EvalArgs) -> None:
     kmax = max(a.ks, default=1)
     check(a.rerank_candidates >= kmax, "rerank_candidates", f"{a.rerank_candidates} is smaller than max(ks)={kmax}: "
                                                             "the re-ranked list could not fill the top K")
+    check(a.rerank_scorer_candidates >= 0, "rerank_scorer_candidates",
+          f"{a.rerank_scorer_candidates}: 0 (beams only) or how many of the scorer's own top items join the beams")
 
 
 def dense_config(a: EvalArgs, method: str):

@@ -45,6 +45,10 @@ class FakeGenerative:
         recs = [self.lists[q.row][:k] for q in queries]
         return [[i for i, _ in r] for r in recs], [np.array([s for _, s in r]) for r in recs]
 
+    def score_items(self, queries, candidates):  # the union's joined items: their exact log-prob
+        self.scored = [list(c) for c in candidates]
+        return [np.array([self.extra[(q.row, i)] for i in items]) for q, items in zip(queries, candidates)]
+
 
 class FakeScorer:
     name = "fake_scorer"
@@ -58,6 +62,10 @@ class FakeScorer:
     def score_items(self, queries, candidates):
         self.calls += 1
         return [np.array([self.scores[(q.row, i)] for i in items]) for q, items in zip(queries, candidates)]
+
+    def recommend(self, queries, k):  # its own top k (the union's scorer candidates)
+        return [sorted((i for (r, i) in self.scores if r == q.row), key=lambda i: -self.scores[(q.row, i)])[:k]
+                for q in queries]
 
 
 def query(row: int, domain: str = "D") -> Query:
@@ -92,6 +100,30 @@ def test_fusion_matches_the_hand_computation():
     assert rows[0].recommend([query(0)], 4) == [["c", "a", "b", "d"]]
     assert rows[1].recommend([query(0)], 4) == [["c", "d", "b", "a"]]
     assert rows[0].recommend([query(0)], 2) == [["c", "a"]]
+
+
+def test_union_joins_the_scorers_top_items_with_their_exact_generative_scores():
+    # beams d, c (log-probs -1, -2); the scorer's own top 3 is e (4), c (3), a (2): e and a join, c is a beam.
+    # The generative model scores the joined items e: -3, a: -5. Union d, c, e, a:
+    # gen (-1, -2, -3, -5): mean -2.75, dev (1.75, .75, -.25, -2.25), var 2.1875
+    # scorer (0, 3, 4, 2): mean 2.25, dev (-2.25, .75, 1.75, -.25), var 2.1875 (same spread)
+    gen = FakeGenerative({0: [("d", -1.0), ("c", -2.0)]})
+    gen.extra = {(0, "e"): -3.0, (0, "a"): -5.0}
+    scorer = FakeScorer({(0, "d"): 0.0, (0, "c"): 3.0, (0, "e"): 4.0, (0, "a"): 2.0})
+    rec = GenerativeRerankRecommender(gen, scorer, [0.0, 0.5, 1.0], num_candidates=2, scorer_candidates=3)
+    w0, w05, w1 = rec.rows()
+    rec.fit(None, [], None)
+    (cands,) = rec.candidates([query(0)], 2)
+    assert cands.items == ("d", "c", "e", "a") and gen.scored == [["e", "a"]]  # only the joined items scored
+    np.testing.assert_array_equal(cands.generative, [-1.0, -2.0, -3.0, -5.0])
+    np.testing.assert_array_equal(cands.scorer, [0.0, 3.0, 4.0, 2.0])
+    # w = 0.5: (dev_g + dev_s) / 2 / sqrt(2.1875) ∝ (-0.25, 0.75, 0.75, -1.25): c and e tie, c (a beam) first
+    assert w05.recommend([query(0)], 4) == [["c", "e", "d", "a"]]
+    assert w0.recommend([query(0)], 2) == [["e", "c"]] == scorer.recommend([query(0)], 2)  # the scorer's own top
+    assert w1.recommend([query(0)], 4) == [["d", "c", "e", "a"]]
+    assert rec.train_log["scorer_candidates"] == 3
+    with pytest.raises(ValueError, match="scorer_candidates=-1"):
+        GenerativeRerankRecommender(gen, scorer, [0.5], scorer_candidates=-1)
 
 
 def test_zscore_of_a_constant_list_is_zero_and_the_generative_order_decides():
@@ -250,6 +282,56 @@ def test_rerank_of_a_real_checkpoint_stays_among_its_candidates(pipeline):
         assert w1[b] == cands[b][:5]
         assert w0[b] == [i for i in scorer_lists[b] if i in cands[b]][:5]
     assert w0 != w1  # the scorer changes something on these rows
+
+
+def test_generative_score_items_equals_the_beam_scores_and_a_full_forward(pipeline):
+    from eval.generative import GenerativeRecommender
+    from rl.rollouts import completion_logprobs
+
+    dataset_dir, _, ckpt = pipeline
+    dataset = load_rec_dataset(dataset_dir)
+    generative = GenerativeRecommender(str(ckpt), batch_size=3)
+    generative.fit(dataset, [], None)
+    queries = [Query(i, r["user_id"], r["domain"], tuple(r["history"])) for i, r in
+               enumerate(dataset.splits["test"].to_list()[:7])]
+    items, beam_scores = generative.recommend_scored(queries, 10, num_beams=10)
+    reversed_items = [list(reversed(c)) for c in items]  # order and batch grouping must not matter
+    scores = generative.score_items(queries, reversed_items)
+    for s, b in zip(scores, beam_scores):
+        np.testing.assert_allclose(s[::-1], b, atol=1e-4)
+    # an item no beam found, checked against an unpadded, uncached forward of prompt + SID + EOS
+    from decoding.recommend import history_prompts
+
+    tok, cat = generative.tokenizer, generative.catalogue
+    domain_items = [i for i, d in zip(dataset.items["item_id"], dataset.items["domain"]) if d == queries[0].domain]
+    other = [i for i in domain_items if i not in items[0]][:3]
+    (got,) = generative.score_items(queries[:1], [other])
+    prompt = tok(history_prompts(tok, cat, [queries[0].history], generative.history_len))["input_ids"][0]
+    for item, g in zip(other, got):
+        sid = tok.convert_tokens_to_ids(cat.sid_tokens(item)) + [tok.eos_token_id]
+        (per_token,) = completion_logprobs(generative.model, [prompt], [sid], tok.pad_token_id or 0)
+        assert g == pytest.approx(sum(per_token), abs=1e-4)
+    assert generative.score_items(queries[:2], [[], other])[0].shape == (0,)
+    with pytest.raises(KeyError, match="candidates of history 0"):
+        generative.score_items(queries[:1], [["nope"]])
+
+
+def test_union_rerank_of_a_real_checkpoint_at_weight_zero_is_the_scorer(pipeline):
+    from eval.generative import GenerativeRecommender
+
+    dataset_dir, _, ckpt = pipeline
+    dataset = load_rec_dataset(dataset_dir)
+    (scorer,) = run.RERANK_SCORERS["sasrec"](tiny_args(), CandidateRule())
+    rows = GenerativeRerankRecommender(GenerativeRecommender(str(ckpt)), scorer, [0.0, 1.0], num_candidates=5,
+                                       scorer_candidates=8).rows()
+    for r in rows:
+        r.fit(dataset, dataset.splits["train"].to_list(), None)
+    queries = [Query(i, r["user_id"], r["domain"], tuple(r["history"])) for i, r in
+               enumerate(dataset.splits["test"].to_list()[:12])]
+    w0, w1 = (r.recommend(queries, 5) for r in rows)
+    assert w0 == [list(x) for x in scorer.recommend(queries, 5)]
+    beams = rows[0].parent.generative.recommend_scored(queries, 5, num_beams=5)[0]
+    assert all(set(a) <= set(b) | set(s) for a, b, s in zip(w1, beams, scorer.recommend(queries, 8)))
 
 
 def cli(pipeline, out: Path, *extra: str) -> dict:
