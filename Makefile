@@ -46,7 +46,11 @@ demo: $(STAMP)
 $(ART)/sids/meta.json: configs/tokenization/amazon18_rqkmeans.yaml $(ART)/embeddings/meta.json
 	$(RUN) -m tokenization.build --config configs/tokenization/amazon18_rqkmeans.yaml
 
-$(SFT_DIR)/genrec_sft.json: $(SFT_CONFIG) $(ART)/sids/meta.json
+# Balanced RQ-KMeans SIDs (no hourglass): the scratch recipe chosen on valid trains on them (README, Quality).
+$(ART)/sids_balanced/meta.json: configs/tokenization/amazon18_balanced.yaml $(ART)/embeddings/meta.json
+	$(RUN) -m tokenization.build --config configs/tokenization/amazon18_balanced.yaml
+
+$(SFT_DIR)/genrec_sft.json: $(SFT_CONFIG) $(ART)/sids/meta.json $(ART)/sids_balanced/meta.json
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$(SFT_THREADS) $(VENV)/bin/accelerate launch \
 		--config_file accelerate_config.yaml sft/train.py --config $(SFT_CONFIG) --output_dir $(SFT_DIR)
 

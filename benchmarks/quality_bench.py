@@ -136,23 +136,23 @@ def chosen_recipe(records: list[dict]) -> dict:
     return summarise(records)[0]
 
 
+# The hybrid's candidates: the top 20 beams joined by the scorer's own top 50 (eval/hybrid.py, union). Beam width for
+# the pure row stays 10: on valid the generative order of 50 beams scored like 10 beams (hybrid_valid, w = 1).
+HYBRID_ARGS = ["--rerank_candidates", "20", "--rerank_scorer_candidates", "50"]
+NUM_BEAMS = 10
+
+
 def select(records: list[dict], weights: list[float], scorers: list[str]) -> dict:
-    """On valid (train-only models): beam width for the top 10, the hybrid's scorer and fusion weight."""
+    """On valid (train-only models): the recipe, then the hybrid's scorer and fusion weight on its checkpoint."""
     best = chosen_recipe(records)
     ckpt = WORK / f"{best['recipe']}_s0"
-    found: dict = {"recipe": best["recipe"], "checkpoint": str(ckpt), "beams": {}, "hybrid": {}}
-    for beams in (10, 20, 50):
-        out = ckpt / f"eval_valid_beams{beams}"
-        if not (REPO / out / "metrics.json").exists():
-            run([sys.executable, "-m", "eval.run", "--config", VALID_EVAL, "--generative_checkpoint", str(ckpt),
-                 "--generative_num_beams", str(beams), "--output_dir", str(out)], REPO / f"{out}.log")
-        found["beams"][beams] = domain_metrics(out / "metrics.json", "generative", "valid")["all"]
-    found["num_beams"] = max(found["beams"], key=lambda b: found["beams"][b]["ndcg@10"])
+    found: dict = {"recipe": best["recipe"], "checkpoint": str(ckpt), "num_beams": NUM_BEAMS, "hybrid": {},
+                   "hybrid_candidates": HYBRID_ARGS}
     for scorer in scorers:
-        out = ckpt / f"eval_valid_hybrid_{scorer}"
+        out = ckpt / f"eval_valid_union_{scorer}"
         if not (REPO / out / "metrics.json").exists():
             run([sys.executable, "-m", "eval.run", "--config", VALID_EVAL, "--generative_checkpoint", str(ckpt),
-                 "--methods", "generative_rerank", "--rerank_scorer", scorer, "--rerank_weights",
+                 "--methods", "generative_rerank", "--rerank_scorer", scorer, *HYBRID_ARGS, "--rerank_weights",
                  *map(str, weights), "--output_dir", str(out)], REPO / f"{out}.log")
         metrics = json.loads((REPO / out / "metrics.json").read_text())
         assert metrics["split"] == "valid"
@@ -205,7 +205,7 @@ def protocols(chosen: dict) -> dict:
             raise FileNotFoundError(f"{path} is missing: run `python -m eval.run --config configs/eval/amazon18.yaml"
                                     f"{' --train_splits train --output_dir ' + str(path.parent) if path == EVAL_PUBLISHED else ''}`")
     common = ["--generative_num_beams", str(chosen["num_beams"]), "--methods", "popularity", "generative",
-              "generative_rerank", "--rerank_scorer", chosen["rerank_scorer"], "--rerank_weights",
+              "generative_rerank", "--rerank_scorer", chosen["rerank_scorer"], *HYBRID_ARGS, "--rerank_weights",
               str(chosen["rerank_weight"]), "--include_methods", *BASELINES[1:]]
     runs = {"all_prior": (ART / "sft_scratch", EVAL_ALL, ART / "eval_generative", ["train", "valid"]),
             "published": (Path(chosen["checkpoint"]), EVAL_PUBLISHED, ART / "eval_generative_published", ["train"])}
@@ -223,10 +223,18 @@ def protocols(chosen: dict) -> dict:
         out[name] = {m: {d: {k: round(v[k], 4) for k in ("hr@10", "ndcg@10", "hr@5", "ndcg@5", "coverage@10")
                              if k in v} for d, v in by_domain.items()}
                      for m, by_domain in metrics["methods"].items()}
-        out[name]["_rows"] = metrics["eval_rows"]
+        out[name]["_rows"] = row_ids(metrics)
     if out["all_prior"]["_rows"] != out["published"]["_rows"]:
         raise ValueError("the two protocols scored different test rows")
     return out
+
+
+def row_ids(metrics: dict) -> str:
+    """Which rows a run scored: dataset hash, split, row count and row sample (max_rows, seed) — equal strings are
+    the same row ids (eval.run draws a sample from these alone)."""
+    cfg = metrics.get("config", {})
+    return (f"{metrics['dataset_hash'][:12]}:{metrics['split']}:{metrics['eval_rows']} rows:"
+            f"max_rows={cfg.get('max_rows', 0)}:seed={cfg.get('seed', 0) if cfg.get('max_rows') else '-'}")
 
 
 def rows_of(path: Path, split: str, splits: list[str]) -> dict:
@@ -236,7 +244,7 @@ def rows_of(path: Path, split: str, splits: list[str]) -> dict:
         raise ValueError(f"{path}: split {metrics['split']} on {metrics['train_splits']}, expected {split} on {splits}")
     keys = ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "coverage@10")
     return {m: {d: {k: round(v[k], 4) for k in keys if k in v} for d, v in by_domain.items()}
-            for m, by_domain in metrics["methods"].items()} | {"_rows": metrics["eval_rows"]}
+            for m, by_domain in metrics["methods"].items()} | {"_rows": row_ids(metrics)}
 
 
 def assemble() -> dict:
@@ -251,10 +259,14 @@ def assemble() -> dict:
         if (REPO / gen).exists():
             extra = rows_of(gen, "test", splits)
             if extra["_rows"] != rows["_rows"]:
-                raise ValueError(f"{gen} scored {extra['_rows']} rows, {base} {rows['_rows']}")
+                raise ValueError(f"{gen} scored {extra['_rows']}, {base} {rows['_rows']}: not the same rows")
             rows |= {m: v for m, v in extra.items() if m.startswith("generative")}
         out["protocols"][name] = rows
-    sweeps = sorted((REPO / WORK).glob("*_s0/eval_valid_hybrid_*/metrics.json"))
+    if out["protocols"]["all_prior"]["_rows"] != out["protocols"]["published"]["_rows"]:
+        raise ValueError(f"the protocols scored different rows: all prior {out['protocols']['all_prior']['_rows']}, "
+                         f"published {out['protocols']['published']['_rows']}")
+    sweeps = sorted([*(REPO / WORK).glob("*_s0/eval_valid_hybrid_*/metrics.json"),
+                     *(REPO / WORK).glob("*_s0/eval_valid_union_*/metrics.json")])
     out["hybrid_valid"] = {str(p.parent.relative_to(REPO / WORK)): rows_of(p.relative_to(REPO), "valid", ["train"])
                            for p in sweeps}
     return out
@@ -297,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="training runs in parallel (one thread each)")
     parser.add_argument("--weights", nargs="+", type=float, default=[0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0],
                         help="hybrid fusion weights tried on valid")
-    parser.add_argument("--scorers", nargs="+", default=["sasrec_semantic", "stars", "mini_xpert"],
+    parser.add_argument("--scorers", nargs="+", default=["stars", "mini_xpert"],
                         help="hybrid scorers tried on valid")
     parser.add_argument("--out", default="benchmarks/results/quality.json")
     a = parser.parse_args(argv)

@@ -56,7 +56,10 @@ def test_selection_sees_only_train_and_valid(bench):
     chosen = qb.select(records, weights=[0.0, 0.5, 1.0], scorers=["sasrec_semantic"])
     assert chosen["recipe"] == "text"  # best mean valid NDCG@10
     assert chosen["rerank_weight"] == 0.5 and chosen["rerank_scorer"] == "sasrec_semantic"
-    assert chosen["num_beams"] == 50  # the fake rewards width slightly
+    assert chosen["num_beams"] == qb.NUM_BEAMS
+    (hybrid,) = [c for c in bench if "generative_rerank" in c]  # the union of beams and the scorer's own top items
+    assert int(hybrid[hybrid.index("--rerank_scorer_candidates") + 1]) > 0
+    assert hybrid[hybrid.index("--generative_checkpoint") + 1].endswith("text_s0")  # the chosen recipe's run
     configs = {REPO / c[c.index("--config") + 1] for c in bench}
     import yaml
 
@@ -90,3 +93,35 @@ def test_final_model_trains_as_many_epochs_as_the_best_valid_step(monkeypatch):
     # best at 900 and 1100 steps of 32 sequences on 5,000 -> 6.4 epochs -> 6.4 * 6,500 / 32 = 1,300 steps
     assert qb.final_steps([900, 1100], select_batch=32, final_batch=32) == 1300
     assert qb.final_steps([1000], select_batch=32, final_batch=64) == 650
+
+
+def write_metrics(path, splits, methods, dataset_hash="ab" * 32, rows=9399):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"split": "test", "train_splits": splits, "dataset_hash": dataset_hash,
+                                "eval_rows": rows, "config": {"max_rows": 0, "seed": 0},
+                                "methods": {m: {"all": {"hr@10": .1, "ndcg@10": .05}} for m in methods}}))
+
+
+def test_both_protocols_are_assembled_from_the_same_row_ids(tmp_path, monkeypatch):
+    monkeypatch.setattr(qb, "REPO", tmp_path)
+    art = tmp_path / qb.ART
+    write_metrics(tmp_path / qb.EVAL_ALL, ["train", "valid"], ["stars"])
+    write_metrics(art / "eval_generative" / "metrics.json", ["train", "valid"], ["generative", "generative_rerank"])
+    write_metrics(tmp_path / qb.EVAL_PUBLISHED, ["train"], ["stars"])
+    write_metrics(art / "eval_generative_published" / "metrics.json", ["train"], ["generative", "generative_rerank"])
+    out = qb.assemble()["protocols"]
+    assert out["all_prior"]["_rows"] == out["published"]["_rows"]
+    assert set(out["published"]) == {"stars", "generative", "generative_rerank", "_rows"}
+    # another dataset (other row ids) under one protocol, or another row count for the generative run: refused
+    write_metrics(tmp_path / qb.EVAL_PUBLISHED, ["train"], ["stars"], dataset_hash="cd" * 32)
+    write_metrics(art / "eval_generative_published" / "metrics.json", ["train"], ["generative"],
+                  dataset_hash="cd" * 32)
+    with pytest.raises(ValueError, match="the protocols scored different rows"):
+        qb.assemble()
+    write_metrics(art / "eval_generative_published" / "metrics.json", ["train"], ["generative"],
+                  dataset_hash="cd" * 32, rows=100)
+    with pytest.raises(ValueError, match="not the same rows"):
+        qb.assemble()
+    write_metrics(tmp_path / qb.EVAL_PUBLISHED, ["train", "valid"], ["stars"])  # trained under the wrong protocol
+    with pytest.raises(ValueError, match="expected test on \\['train'\\]"):
+        qb.assemble()
