@@ -386,3 +386,15 @@ def test_cli_weight_sweep_rows_and_weight_one_equals_the_generative_row(pipeline
     assert metrics["methods"]["generative_rerank[w=1]"] == metrics["methods"]["generative"]
     assert metrics["latency_ms"]["generative_rerank[w=1]"] == metrics["latency_ms"]["generative_rerank[w=0]"]
     assert metrics["training"]["generative_rerank[w=1]"]["shares_fit_and_decode_with"] == "generative_rerank[w=0]"
+
+
+@pytest.mark.parametrize("config", ["amazon18_generative.yaml", "amazon18_generative_valid.yaml"])
+def test_the_hybrid_scorers_train_like_their_own_rows(config):
+    """A scorer inside generative_rerank must be the model of its own row: every sasrec_/semantic_/stars_/dense_
+    setting of the main evaluation config is set, equal, in the configs that run the hybrid."""
+    import yaml
+
+    main = yaml.safe_load((REPO / "configs" / "eval" / "amazon18.yaml").read_text())
+    other = yaml.safe_load((REPO / "configs" / "eval" / config).read_text())
+    keys = [k for k in main if k.split("_")[0] in ("sasrec", "semantic", "stars", "dense")]
+    assert len(keys) > 30 and {k: other.get(k) for k in keys} == {k: main[k] for k in keys}
