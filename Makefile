@@ -35,12 +35,15 @@ SFT_THREADS ?= $(if $(findstring scratch,$(SFT_CONFIG)),1,2)
 RL_CONFIG  ?= configs/rl/dpo_scratch.yaml
 RL_SCRIPT  := $(if $(findstring dpo,$(notdir $(RL_CONFIG))),rl/dpo.py,rl/grpo.py)
 RL_DIR     := $(SFT_DIR)_rl
+# The baseline rows of the demo's report (configs/eval/amazon18.yaml runs them; include_methods of
+# configs/eval/amazon18_generative.yaml).
+BASELINE_ROWS := sasrec sasrec_semantic stars bm25 bi_encoder bi_encoder_title xpert mini_xpert
 
 # The main job: dataset + embeddings -> SIDs -> SFT (a fixed CPU budget) -> RL (a fixed CPU budget) -> evaluation report. Each artifact is
 # rewritten only when its content changes, so a rerun skips what is up to date (make compares mtimes).
 demo: $(STAMP)
 	$(RUN) -m data_builders.build --config configs/data/amazon18.yaml
-	$(MAKE) --no-print-directory $(ART)/eval_generative/metrics.json
+	$(MAKE) --no-print-directory -j2 $(ART)/eval_generative/metrics.json
 	@sed -n '/^## all/,/^## Per-row/p' $(ART)/eval_generative/report.md | head -n -1
 
 $(ART)/sids/meta.json: configs/tokenization/amazon18_rqkmeans.yaml $(ART)/embeddings/meta.json
@@ -62,12 +65,19 @@ $(RL_DIR)/genrec_sft.json: $(RL_CONFIG) $(SFT_DIR)/genrec_sft.json
 $(ART)/eval/metrics.json: configs/eval/amazon18.yaml $(ART)/dataset/meta.json $(ART)/embeddings/meta.json
 	$(RUN) -m eval.run --config configs/eval/amazon18.yaml
 
-# The SFT model and the SFT+RL model (trie-constrained beam search) on the same rows, with the rows above merged
-# into one report.
-$(ART)/eval_generative/metrics.json: configs/eval/amazon18_generative.yaml $(SFT_DIR)/genrec_sft.json \
-		$(RL_DIR)/genrec_sft.json $(ART)/eval/metrics.json
+# The SFT model and the hybrid (trie-constrained beam search, STARS re-scoring), the baselines merged in (same rows).
+# It runs while the RL step trains (`-j2` above: SIDs -> SFT -> RL and the baselines are one thread each).
+EVAL_SFT := $(ART)/eval_generative_sft
+$(EVAL_SFT)/metrics.json: configs/eval/amazon18_generative.yaml $(SFT_DIR)/genrec_sft.json $(ART)/eval/metrics.json
 	$(RUN) -m eval.run --config configs/eval/amazon18_generative.yaml --generative_checkpoint $(SFT_DIR) \
-		--generative_rl_checkpoint $(RL_DIR)
+		--methods popularity generative generative_rerank --output_dir $(EVAL_SFT)
+
+# The SFT+RL model, with the rows above and the baselines merged into one report.
+$(ART)/eval_generative/metrics.json: configs/eval/amazon18_generative.yaml $(RL_DIR)/genrec_sft.json \
+		$(EVAL_SFT)/metrics.json
+	$(RUN) -m eval.run --config configs/eval/amazon18_generative.yaml --generative_rl_checkpoint $(RL_DIR) \
+		--methods generative_rl --include_metrics $(EVAL_SFT)/metrics.json \
+		--include_methods popularity generative generative_rerank $(BASELINE_ROWS)
 
 # The README's quality numbers: SFT recipes selected on valid (train windows only, 2 seeds), the hybrid's weight chosen
 # on valid, then test under both protocols (published: train windows only; all prior data: + valid rows), written to

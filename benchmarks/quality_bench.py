@@ -9,15 +9,17 @@
   fixed valid rows, and the step with the best valid NDCG@10 is kept (early stopping). That checkpoint is then
   scored on **every** valid row (9,398; per domain). Nothing here reads a test row (``eval.run`` refuses
   ``split: test`` with these configs, and the selection code only opens ``valid`` metrics — tested).
-* ``select``: the recipe with the best mean valid NDCG@10 over seeds; the hybrid's fusion weight is picked on valid
-  the same way (``configs/eval/amazon18_hybrid_valid.yaml``: train-only models, a weight sweep sharing one decode).
+* ``select``: the recipe with the best mean valid NDCG@10 over seeds; the hybrid's scorer and fusion weight are
+  picked on valid the same way (``configs/eval/amazon18_generative_valid.yaml``: the recipe's train-only checkpoint,
+  scorers trained on train, one weight sweep per scorer sharing one decode).
 * ``protocols``: the chosen recipe on test, beside every baseline, under both protocols on the same 9,398 rows:
   *published* — every model trained on the train windows only (the generative model = the selection run's
   checkpoint, seed 0); *all prior data* — train windows + valid rows, the generative model retrained for the same
   number of epochs as its best valid step (``configs/sft/scratch.yaml``).
 
 Writes ``benchmarks/results/quality.json``: ``{"recipes": [...], "chosen": ..., "protocols": {"all_prior": {method:
-{domain: {"hr@10", "ndcg@10", ...}}}, "published": {...}}}``. Each step is a subprocess whose outputs stay in
+{domain: {"hr@10", "ndcg@10", ...}}}, "published": {...}}, "hybrid_valid": ..., "curves": ...,
+"all_prior_training": ...}`` (``curves``: valid NDCG@10 against CPU minutes per recipe run). Each step is a subprocess whose outputs stay in
 ``artifacts/amazon18/quality/``; a finished step is not rerun (delete its directory to redo it).
 """
 
@@ -272,6 +274,31 @@ def assemble() -> dict:
     return out
 
 
+def curves(records: list[dict]) -> dict:
+    """Valid NDCG@10 (1,000 fixed rows) against CPU minutes, per recipe run: where each lever saturates. The minutes
+    of a point are the run's CPU minutes (training + its validations) spread evenly over its steps."""
+    out = {}
+    for r in records:
+        last = r["curve_1000_valid_rows"][-1]["step"]
+        out[f"{r['recipe']}_s{r['seed']}"] = [[p["step"], round(r["cpu_minutes"] * p["step"] / last, 1),
+                                               round(p["ndcg@10"], 4)] for p in r["curve_1000_valid_rows"]]
+    return {"columns": ["step", "cpu_minutes", "valid_ndcg@10"], "runs": out}
+
+
+def training_cost(checkpoint: Path = ART / "sft_scratch") -> dict:
+    """What the all-prior SFT run cost: steps, epochs, seconds, and minutes per 10k training rows (one thread)."""
+    meta = json.loads((REPO / checkpoint / "genrec_sft.json").read_text())
+    last = json.loads((REPO / checkpoint / "metrics.jsonl").read_text().splitlines()[-1])
+    from data_builders.dataset import load_rec_dataset
+
+    splits = meta["config"]["script"]["train_splits"]
+    rows = sum(len(load_rec_dataset(REPO / ART / "dataset").splits[s]) for s in splits)
+    return {"checkpoint": str(checkpoint), "train_splits": splits, "rows": rows, "steps": last["step"],
+            "epochs": round(last["epoch"], 2), "train_seconds": round(last["train_runtime"]),
+            "minutes_per_10k_rows": round(last["train_runtime"] / 60 / rows * 1e4, 2),
+            "minutes_per_epoch_per_10k_rows": round(last["train_runtime"] / 60 / last["epoch"] / rows * 1e4, 3)}
+
+
 def load_records() -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((REPO / WORK).glob("*_s*/quality_run.json"))]
 
@@ -326,6 +353,9 @@ def main(argv: list[str] | None = None) -> None:
         result["protocols"] = protocols(result["chosen"])
     if "assemble" in a.parts:
         result.update(assemble())
+        result["curves"] = curves(load_records())
+        if (REPO / ART / "sft_scratch" / "genrec_sft.json").exists():
+            result["all_prior_training"] = training_cost()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["recipes"], indent=1))

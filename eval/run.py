@@ -531,17 +531,18 @@ def evaluate_methods(a: EvalArgs, dataset, train_rows: list[dict], embeddings, r
 
 
 def merge_included(metrics: dict, paths: list[str], only: list[str] | None = None) -> None:
-    """Add the methods (all, or those in ``only``) of other runs' metrics files; they must have scored the same
-    rows (same dataset, split and row sample), else an error."""
-    for path in paths:
-        other = load_metrics(path, metrics["dataset_hash"], metrics["split"])
+    """Add the methods (all, or those in ``only``: each must be in one of the files) of other runs' metrics files;
+    they must have scored the same rows (same dataset, split and row sample), else an error."""
+    others = {path: load_metrics(path, metrics["dataset_hash"], metrics["split"]) for path in paths}
+    found = {n for other in others.values() for n in other.get("method_order") or other["methods"]}
+    missing = sorted(set(only or []) - found)
+    if missing:
+        raise UserError(f"{', '.join(paths)}: has no methods {missing} (it has {sorted(found)})")
+    for path, other in others.items():
         if row_sample(other) != row_sample(metrics):
             raise UserError(f"{path}: scored {row_sample(other)} (rows, max_rows, seed), this run "
                              f"{row_sample(metrics)}; only metrics of the same rows can share a table")
         names = other.get("method_order") or list(other["methods"])
-        missing = sorted(set(only or []) - set(names))
-        if missing:
-            raise UserError(f"{path}: has no methods {missing} (it has {names})")
         # Rows trained under another protocol (other train_splits) carry it in their name: never an unlabelled mix.
         splits = list(other.get("train_splits") or [])
         tag = "" if splits == list(metrics["train_splits"]) else f" [{protocol_tag(splits)}]"

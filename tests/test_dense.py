@@ -3,9 +3,11 @@ every dense method through the eval CLI on a tiny dataset."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -409,6 +411,22 @@ def test_included_metrics_must_cover_the_same_rows(tiny, tmp_path):
     with pytest.raises(ValueError, match="only metrics of the same rows can share a table"):
         run.run_eval([*base, "--output_dir", str(tmp_path / "y"), "--methods", "popularity", "--max_rows", "10",
                   "--include_metrics", str(tmp_path / "dense" / "metrics.json")])
+
+
+def test_included_methods_may_come_from_several_runs(tiny, tmp_path):
+    """`make demo` merges the SFT run (generative, hybrid) and the baselines' run into the RL run's report."""
+    dataset, embeddings = tiny
+    base = ["--config", str(TINY_CONFIG), "--dataset", str(dataset), "--embeddings", str(embeddings)]
+    run.run_eval([*base, "--output_dir", str(tmp_path / "a"), "--methods", "bi_encoder", "popularity"])
+    run.run_eval([*base, "--output_dir", str(tmp_path / "b"), "--methods", "random"])
+    files = [str(tmp_path / "a" / "metrics.json"), str(tmp_path / "b" / "metrics.json")]
+    merged = run.run_eval([*base, "--output_dir", str(tmp_path / "m"), "--methods", "popularity",
+                           "--include_metrics", *files, "--include_methods", "random", "bi_encoder"])
+    assert merged["method_order"] == ["popularity", "bi_encoder", "random"]
+    assert merged["methods"]["random"] == json.loads(Path(files[1]).read_text())["methods"]["random"]
+    with pytest.raises(ValueError, match=r"has no methods \['mini_xpert'\]"):
+        run.run_eval([*base, "--output_dir", str(tmp_path / "x"), "--methods", "popularity",
+                      "--include_metrics", *files, "--include_methods", "random", "mini_xpert"])
 
 
 # --- the seed vector is a setting of both morph models (#11 item 16) -----------------------------------------------
