@@ -334,9 +334,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--jobs", type=int, default=2, help="training runs in parallel (one thread each)")
-    parser.add_argument("--weights", nargs="+", type=float, default=[0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0],
+    parser.add_argument("--weights", nargs="+", type=float, default=[0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0],
                         help="hybrid fusion weights tried on valid")
-    parser.add_argument("--scorers", nargs="+", default=["stars", "mini_xpert"],
+    parser.add_argument("--scorers", nargs="+", default=["sasrec_semantic", "stars", "mini_xpert"],
                         help="hybrid scorers tried on valid")
     parser.add_argument("--out", default="benchmarks/results/quality.json")
     a = parser.parse_args(argv)

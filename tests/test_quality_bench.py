@@ -82,6 +82,14 @@ def test_summary_reports_mean_and_seed_spread(bench):
     assert row["best_steps"] == [450, 450]
 
 
+def test_curves_put_cpu_minutes_on_every_valid_point(bench):
+    """Each run's CPU minutes (fake_run: 1 + 1 per run) spread over its steps: 150 / 300 / 450 -> 2/3, 4/3, 2."""
+    curves = qb.curves(qb.recipes(["text"], [0], jobs=1))
+    assert curves["columns"] == ["step", "cpu_minutes", "valid_ndcg@10"]
+    assert curves["runs"]["text_s0"] == [[150, 0.7, round(.14 / 6, 4)], [300, 1.3, round(.28 / 6, 4)],
+                                         [450, 2.0, round(.42 / 6, 4)]]
+
+
 def test_no_runs_is_a_clear_error(bench):
     with pytest.raises(ValueError, match="run --parts recipes first"):
         qb.chosen_recipe([])
