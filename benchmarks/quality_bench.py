@@ -267,6 +267,17 @@ def assemble() -> dict:
     if out["protocols"]["all_prior"]["_rows"] != out["protocols"]["published"]["_rows"]:
         raise ValueError(f"the protocols scored different rows: all prior {out['protocols']['all_prior']['_rows']}, "
                          f"published {out['protocols']['published']['_rows']}")
+    # The hybrid with a scorer valid did not choose, on test (run by hand, `command` inside): how much the scorer
+    # choice moves the test numbers — evidence of its noise, never used to choose.
+    out["hybrid_unselected_scorers_test"] = {}
+    for name, splits in (("eval_generative_stars_hybrid", ["train", "valid"]),
+                         ("eval_generative_published_stars_hybrid", ["train"])):
+        path = ART / name / "metrics.json"
+        if (REPO / path).exists():
+            rows, cfg = rows_of(path, "test", splits), json.loads((REPO / path).read_text())["config"]
+            out["hybrid_unselected_scorers_test"][name] = {
+                "rerank_scorer": cfg["rerank_scorer"], "rerank_weights": cfg["rerank_weights"],
+                "train_splits": splits, "generative_rerank": rows["generative_rerank"]}
     sweeps = sorted([*(REPO / WORK).glob("*_s0/eval_valid_hybrid_*/metrics.json"),
                      *(REPO / WORK).glob("*_s0/eval_valid_union_*/metrics.json")])
     out["hybrid_valid"] = {str(p.parent.relative_to(REPO / WORK)): rows_of(p.relative_to(REPO), "valid", ["train"])
@@ -303,10 +314,31 @@ def load_records() -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((REPO / WORK).glob("*_s*/quality_run.json"))]
 
 
-LABELS = {"popularity": "popularity", "sasrec": "SASRec", "sasrec_semantic": "semantic SASRec", "stars": "STARS",
+def bar(rows: dict) -> dict:
+    """The issue's bar on one protocol, per domain: the best non-generative row by NDCG@10, the hybrid's relative
+    gain over it (the bar: >= 5%), and the baselines the pure generative row does not reach on HR@10 or NDCG@10."""
+    base = {m: v for m, v in rows.items() if not m.startswith(("_", "generative"))}
+    out = {}
+    for d in next(iter(base.values())):
+        best = max(base, key=lambda m: base[m][d]["ndcg@10"])
+        out[d] = {"best_baseline": best, "best_baseline_ndcg@10": base[best][d]["ndcg@10"]}
+        if "generative_rerank" in rows:
+            gain = rows["generative_rerank"][d]["ndcg@10"] / base[best][d]["ndcg@10"] - 1
+            out[d] |= {"hybrid_ndcg@10": rows["generative_rerank"][d]["ndcg@10"], "hybrid_gain": round(gain, 4),
+                       "hybrid_meets_5pct": gain >= 0.05}
+        for pure in ("generative", "generative_rl"):
+            if pure in rows:
+                g = rows[pure][d]
+                out[d][f"{pure}_below"] = sorted(m for m, v in base.items()
+                                                 if v[d]["hr@10"] > g["hr@10"] or v[d]["ndcg@10"] > g["ndcg@10"])
+    return out
+
+
+LABELS = {"random": "random", "popularity": "popularity", "sasrec": "SASRec", "sasrec_semantic": "semantic SASRec", "stars": "STARS",
           "bm25": "BM25", "bi_encoder": "bi-encoder (metadata)", "bi_encoder_title": "bi-encoder (title)",
           "xpert": "XPERT", "mini_xpert": "Mini_XPERT", "generative": "**generative (SFT, trie beam search)**",
-          "generative_rerank": "**generative_rerank (hybrid)**"}
+          "generative_rl": "**generative_rl (SFT + 6 CPU min DPO)**", "generative_rerank": "**generative_rerank "
+                                                                                          "(hybrid)**"}
 
 
 def markdown(protocol_rows: dict, published: dict | None = None) -> str:
@@ -314,7 +346,8 @@ def markdown(protocol_rows: dict, published: dict | None = None) -> str:
     domains = sorted(d for d in next(v for k, v in protocol_rows.items() if not k.startswith("_")) if d != "all")
     lines = ["| method | " + " | ".join(f"{d.split('_')[0]} HR@10 / NDCG@10 / cov@10" for d in domains) + " |",
              "|---|" + "---|" * len(domains)]
-    for name, by_domain in protocol_rows.items():
+    order = {name: i for i, name in enumerate(LABELS)}
+    for name, by_domain in sorted(protocol_rows.items(), key=lambda kv: order.get(kv[0], len(order))):
         if name.startswith("_"):
             continue
         cells = [f"{by_domain[d]['hr@10']:.4f} / {by_domain[d]['ndcg@10']:.4f} / {by_domain[d].get('coverage@10', 0):.3f}"
@@ -354,6 +387,7 @@ def main(argv: list[str] | None = None) -> None:
     if "assemble" in a.parts:
         result.update(assemble())
         result["curves"] = curves(load_records())
+        result["bar"] = {name: bar(rows) for name, rows in result["protocols"].items()}
         if (REPO / ART / "sft_scratch" / "genrec_sft.json").exists():
             result["all_prior_training"] = training_cost()
     out.parent.mkdir(parents=True, exist_ok=True)
