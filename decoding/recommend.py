@@ -202,3 +202,11 @@ def _top_unique(catalogue: Catalogue, items: torch.Tensor, scores: torch.Tensor,
             best[row] = score
     ranked = sorted(best.items(), key=lambda kv: -kv[1])[:k]
     return [(catalogue.item_ids[row], score) for row, score in ranked]
+
+
+if __name__ == "__main__":  # `python -m decoding.recommend --checkpoint DIR ...`: the CLI in decoding/cli.py
+    import sys
+
+    from decoding.cli import main
+
+    sys.exit(main())

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_builders.dataset import load_rec_dataset, write_json
+from data_builders.dataset import load_rec_dataset
 from eval import run
 from eval.hybrid import GenerativeRerankRecommender, WeightRow, fused_scores, zscore
 from eval.recommenders import CandidateRule, Query
@@ -237,13 +237,17 @@ def test_score_items_ranks_like_the_scorers_recommend(scorer, tmp_path):
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    """The eval tests' two domains of 20 items (+ random embeddings), a handmade SID artifact (item k of the
-    catalogue: SID (k // 5, k % 5)) and a scratch SFT checkpoint trained on them for 3 steps."""
+    return scratch_pipeline(tmp_path_factory.mktemp("hybrid"))
+
+
+def scratch_pipeline(root: Path) -> tuple[Path, Path, Path]:
+    """``(dataset, embeddings, checkpoint)``: the eval tests' two domains of 20 items (+ random embeddings), a
+    handmade SID artifact (item k of the catalogue: SID (k // 5, k % 5)) and a scratch SFT checkpoint trained on
+    them for 3 steps."""
     from sft.train import run_sft as main
     from test_eval import write_tiny
     from tokenization.artifact import write_sid_artifact
 
-    root = tmp_path_factory.mktemp("hybrid")
     dataset_dir, emb_dir = write_tiny(root)
     item_ids = load_rec_dataset(dataset_dir).item_ids
     codes = np.array([[k // 5, k % 5] for k in range(len(item_ids))])
