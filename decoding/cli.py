@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 from data_builders.cli import UserError, check, check_range, read_json_file, require_dir, run_cli
@@ -43,99 +45,161 @@ def _norm(text: str) -> str:
     return " ".join(str(text).lower().split())
 
 
-def resolve_titles(titles: Sequence[str], items: list[dict], domain: str | None) -> list[str]:
-    """Item ids of exactly matching titles (case and whitespace ignored; within ``domain`` if given)."""
-    import difflib
+@dataclass(frozen=True)
+class Request:
+    """One checked request: the history (item ids, oldest first), its domain, K, beams, and whether seen items go."""
 
-    by_title: dict[str, list[str]] = {}
-    original: dict[str, str] = {}
-    for it in items:
-        if domain is None or it["domain"] == domain:
-            by_title.setdefault(_norm(it["title"]), []).append(it["item_id"])
-            original.setdefault(_norm(it["title"]), it["title"])
-    out = []
-    for title in titles:
-        ids = by_title.get(_norm(title), [])
-        if not ids:
-            close = difflib.get_close_matches(_norm(title), list(by_title), n=3, cutoff=0.6)
-            hint = f"; close titles: {[original[c] for c in close]}" if close else ""
-            raise UserError(f"--titles: no item titled {title!r}{' in ' + domain if domain else ''}{hint}")
-        check(len(ids) == 1, "--titles", f"{title!r} names {len(ids)} items {ids[:5]}: pass --history with the id")
-        out.append(ids[0])
-    return out
+    history: tuple[str, ...]
+    domain: str
+    k: int
+    num_beams: int
+    exclude_history: bool = False
+
+    @property
+    def width(self) -> int:
+        """Items to decode: K, plus the history's distinct items when they are left out afterwards."""
+        return self.k + (len(set(self.history)) if self.exclude_history else 0)
 
 
-def user_history(dataset, user: str) -> list[str]:
-    """Everything known about ``user``: the newest of their rows (any split), its history + target."""
-    rows = [r for split in ("test", "valid", "train") for r in dataset.splits[split].to_list()
-            if r["user_id"] == user]
-    check(rows, "--user", f"{user!r} is not a user of {dataset.path}")
-    newest = max(rows, key=lambda r: (r["timestamp"] or 0, len(r["history"])))
-    return [*newest["history"], newest["target"]]
+class LoadedRecommender:
+    """A checkpoint, its dataset and catalogue, loaded once: ``resolve`` checks a request (before any model is
+    loaded), ``run`` answers several with one batched trie beam search per (width, beams) group."""
 
+    def __init__(self, checkpoint: str | Path, dataset_dir: str | Path):
+        from data_builders.dataset import load_rec_dataset
+        from decoding.catalogue import Catalogue
+        from tokenization.artifact import load_sid_artifact
 
-def resolve_request(a: argparse.Namespace, dataset, catalogue) -> tuple[list[str], str]:
-    """``(history, domain)`` checked against the catalogue."""
-    items = dataset.items.to_list()
-    domain_of = {it["item_id"]: it["domain"] for it in items}
-    domains = sorted(set(domain_of.values()))
-    if a.domain is not None:
-        check(a.domain in domains, "--domain", f"{a.domain!r} is not a domain of {dataset.path} (it has {domains})")
-    if a.history:
-        unknown = [i for i in a.history if i not in domain_of]
-        check(not unknown, "--history", f"unknown item ids {unknown[:5]} (not in {dataset.path}/items.parquet)")
-        history = list(a.history)
-    elif a.titles:
-        history = resolve_titles(a.titles, items, a.domain)
-    else:
-        history = user_history(dataset, a.user)
-    known = set(catalogue.item_ids)
-    missing = [i for i in history if i not in known]
-    check(not missing, "--checkpoint", f"items {missing[:5]} have no SID in the checkpoint's artifact")
-    seen = sorted({domain_of[i] for i in history})
-    domain = a.domain or (seen[0] if len(seen) == 1 else None)
-    check(domain is not None, "--domain", f"the history spans domains {seen}: name the one to recommend from")
-    size = catalogue.domain_size(domain) - (len(set(history)) if a.exclude_history else 0)
-    check(a.k <= size, "--k", f"{a.k} is more than the {size} items {domain} can return")
-    return history, domain
+        self.checkpoint = str(checkpoint)
+        self.meta = read_json_file(require_dir(checkpoint, "--checkpoint", containing="genrec_sft.json")
+                                   / "genrec_sft.json", "checkpoint meta")
+        self.dataset = load_rec_dataset(require_dir(dataset_dir, "--dataset", containing="meta.json"))
+        check(self.meta.get("dataset_hash") in (None, self.dataset.dataset_hash), "--dataset",
+              f"{checkpoint} was trained on dataset {str(self.meta.get('dataset_hash'))[:12]}, {dataset_dir} is "
+              f"{self.dataset.dataset_hash[:12]}")
+        check(self.meta.get("sid_dir"), str(checkpoint), "checkpoint meta names no sid_dir")
+        self.catalogue = Catalogue.from_artifact(load_sid_artifact(self.meta["sid_dir"]), self.dataset)
+        self.items = {it["item_id"]: it for it in self.dataset.items.to_list()}
+        self.domains = sorted({it["domain"] for it in self.items.values()})
+        self._known = set(self.catalogue.item_ids)
+        self.model = self.tokenizer = None
+
+    def load_model(self) -> None:
+        from sft.modeling import load_sft_checkpoint
+
+        if self.model is None:
+            self.model, self.tokenizer, _ = load_sft_checkpoint(self.checkpoint)
+
+    def titles_to_ids(self, titles: Sequence[str], domain: str | None) -> list[str]:
+        """Item ids of exactly matching titles (case and whitespace ignored; within ``domain`` if given)."""
+        import difflib
+
+        by_title: dict[str, list[str]] = {}
+        original: dict[str, str] = {}
+        for it in self.items.values():
+            if domain is None or it["domain"] == domain:
+                by_title.setdefault(_norm(it["title"]), []).append(it["item_id"])
+                original.setdefault(_norm(it["title"]), it["title"])
+        out = []
+        for title in titles:
+            ids = by_title.get(_norm(title), [])
+            if not ids:
+                close = difflib.get_close_matches(_norm(title), list(by_title), n=3, cutoff=0.6)
+                hint = f"; close titles: {[original[c] for c in close]}" if close else ""
+                raise UserError(f"--titles: no item titled {title!r}{' in ' + domain if domain else ''}{hint}")
+            check(len(ids) == 1, "--titles", f"{title!r} names {len(ids)} items {ids[:5]}: pass --history with "
+                                             "the id")
+            out.append(ids[0])
+        return out
+
+    def user_history(self, user: str) -> list[str]:
+        """Everything known about ``user``: the newest of their rows (any split), its history + target."""
+        rows = [r for split in ("test", "valid", "train") for r in self.dataset.splits[split].to_list()
+                if r["user_id"] == user]
+        check(rows, "--user", f"{user!r} is not a user of {self.dataset.path}")
+        newest = max(rows, key=lambda r: (r["timestamp"] or 0, len(r["history"])))
+        return [*newest["history"], newest["target"]]
+
+    def resolve(self, history: Sequence[str] | None = None, titles: Sequence[str] | None = None,
+                user: str | None = None, domain: str | None = None, k: int = 10, num_beams: int | None = None,
+                exclude_history: bool = False) -> Request:
+        """A :class:`Request` from exactly one of ``history`` (ids), ``titles``, ``user``; UserError otherwise."""
+        check(sum(x is not None for x in (history, titles, user)) == 1, "request",
+              "give exactly one of history (item ids), titles, user")
+        check(isinstance(k, int) and not isinstance(k, bool), "--k", f"must be an integer, got {k!r}")
+        check_range("--k", k, 1)
+        check(num_beams is None or isinstance(num_beams, int), "--num_beams",
+              f"must be an integer, got {num_beams!r}")
+        check_range("--num_beams", num_beams, k, allow_none=True)
+        check(isinstance(exclude_history, bool), "--exclude_history", f"must be true or false, got {exclude_history!r}")
+        if domain is not None:
+            check(domain in self.domains, "--domain", f"{domain!r} is not a domain of {self.dataset.path} (it has "
+                                                      f"{self.domains})")
+        if history is not None:
+            check(isinstance(history, (list, tuple)) and history and all(isinstance(i, str) for i in history),
+                  "--history", "must be a non-empty list of item ids")
+            unknown = [i for i in history if i not in self.items]
+            check(not unknown, "--history",
+                  f"unknown item ids {unknown[:5]} (not in {self.dataset.path}/items.parquet)")
+            ids = list(history)
+        elif titles is not None:
+            check(isinstance(titles, (list, tuple)) and titles and all(isinstance(t, str) for t in titles),
+                  "--titles", "must be a non-empty list of titles")
+            ids = self.titles_to_ids(titles, domain)
+        else:
+            check(isinstance(user, str), "--user", f"must be a user id string, got {user!r}")
+            ids = self.user_history(user)
+        missing = [i for i in ids if i not in self._known]
+        check(not missing, "--checkpoint", f"items {missing[:5]} have no SID in the checkpoint's artifact")
+        seen = sorted({self.items[i]["domain"] for i in ids})
+        domain = domain or (seen[0] if len(seen) == 1 else None)
+        check(domain is not None, "--domain", f"the history spans domains {seen}: name the one to recommend from")
+        req = Request(tuple(ids), domain, k, num_beams or k, exclude_history)
+        size = self.catalogue.domain_size(domain) - (req.width - k)
+        check(k <= size, "--k", f"{k} is more than the {size} items {domain} can return")
+        return req
+
+    def run(self, requests: Sequence[Request]) -> list[dict[str, Any]]:
+        """Answers in request order; one batched beam search per (width, beams) group (results do not depend on
+        the batch: decoding.recommend is batch-invariant, tested)."""
+        from decoding.recommend import recommend
+
+        self.load_model()
+        answers: list[dict[str, Any] | None] = [None] * len(requests)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault((r.width, max(r.num_beams, r.width)), []).append(i)
+        for (width, beams), idx in groups.items():
+            recs = recommend(self.model, self.tokenizer, self.catalogue, [list(requests[i].history) for i in idx],
+                             k=width, domains=[requests[i].domain for i in idx], num_beams=beams,
+                             batch_size=max(len(idx), 1), max_history=self.meta.get("history_len", 10),
+                             show_progress=False)
+            for i, rec in zip(idx, recs):
+                answers[i] = self.answer(requests[i], rec)
+        return answers  # type: ignore[return-value]
+
+    def answer(self, req: Request, rec: list[tuple[str, float]]) -> dict[str, Any]:
+        if req.exclude_history:
+            rec = [r for r in rec if r[0] not in set(req.history)]
+        info = self.items
+        return {"checkpoint": self.checkpoint, "domain": req.domain, "k": req.k,
+                "history": [{"item_id": i, "title": info[i]["title"]} for i in req.history],
+                "items": [{"rank": r + 1, "item_id": i, "title": info[i]["title"], "domain": info[i]["domain"],
+                           "score": round(float(s), 4), "sid": self.catalogue.sid_string(i)}
+                          for r, (i, s) in enumerate(rec[:req.k])]}
 
 
 def recommend_cli(argv: Sequence[str]) -> dict[str, Any]:
-    from data_builders.dataset import load_rec_dataset
-    from decoding.catalogue import Catalogue
-    from decoding.recommend import recommend
-    from sft.modeling import load_sft_checkpoint
-    from tokenization.artifact import load_sid_artifact
-
     a = build_parser().parse_args(argv)
-    check_range("--k", a.k, 1)
-    check_range("--num_beams", a.num_beams, a.k, allow_none=True)
-    meta = read_json_file(require_dir(a.checkpoint, "--checkpoint", containing="genrec_sft.json")
-                          / "genrec_sft.json", "checkpoint meta")
-    dataset = load_rec_dataset(require_dir(a.dataset, "--dataset", containing="meta.json"))
-    check(meta.get("dataset_hash") in (None, dataset.dataset_hash), "--dataset",
-          f"{a.checkpoint} was trained on dataset {str(meta.get('dataset_hash'))[:12]}, {a.dataset} is "
-          f"{dataset.dataset_hash[:12]}")
-    check(meta.get("sid_dir"), str(a.checkpoint), "checkpoint meta names no sid_dir")
-    catalogue = Catalogue.from_artifact(load_sid_artifact(meta["sid_dir"]), dataset)
-    history, domain = resolve_request(a, dataset, catalogue)  # every input checked before the model loads
-    model, tokenizer, _ = load_sft_checkpoint(a.checkpoint)
-    want = a.k + (len(set(history)) if a.exclude_history else 0)
-    (recs,) = recommend(model, tokenizer, catalogue, [history], k=want, domains=[domain],
-                        num_beams=max(a.num_beams or 0, want), max_history=meta.get("history_len", 10),
-                        show_progress=False)
-    if a.exclude_history:
-        recs = [r for r in recs if r[0] not in set(history)][:a.k]
-    info = {it["item_id"]: it for it in dataset.items.to_list()}
-    out = {"checkpoint": str(a.checkpoint), "domain": domain, "k": a.k,
-           "history": [{"item_id": i, "title": info[i]["title"]} for i in history],
-           "items": [{"rank": r + 1, "item_id": i, "title": info[i]["title"], "domain": info[i]["domain"],
-                      "score": round(float(s), 4), "sid": catalogue.sid_string(i)} for r, (i, s) in enumerate(recs)]}
+    rec = LoadedRecommender(a.checkpoint, a.dataset)
+    req = rec.resolve(history=a.history, titles=a.titles, user=a.user, domain=a.domain, k=a.k,
+                      num_beams=a.num_beams, exclude_history=a.exclude_history)  # checked before the model loads
+    (out,) = rec.run([req])
     if a.json:
         print(json.dumps(out, ensure_ascii=False))
     else:
-        print(f"top {a.k} of {domain} after {len(history)} items (newest: {info[history[-1]]['title'][:60]!r}), "
-              f"{a.checkpoint}:")
+        newest = rec.items[req.history[-1]]["title"][:60]
+        print(f"top {a.k} of {req.domain} after {len(req.history)} items (newest: {newest!r}), {a.checkpoint}:")
         width = max(len("item_id"), *(len(r["item_id"]) for r in out["items"]))
         print(f"{'rank':>4}  {'log P':>8}  {'item_id':<{width}}  title")
         for r in out["items"]:
