@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--history", nargs="+", metavar="ITEM_ID", help="item ids, oldest first")
     who.add_argument("--titles", nargs="+", metavar="TITLE", help="item titles, oldest first")
     who.add_argument("--user", help="a user id of the dataset (their newest row and its target)")
+    p.add_argument("--sids", default=None,
+                   help="a newer version of the checkpoint's SID artifact, with items added since training "
+                        "(python -m tokenization.add_items); default: the one it trained with")
     p.add_argument("--domain", help="recommend from this domain (default: the history's)")
     p.add_argument("--k", type=int, default=10, help="items to return")
     p.add_argument("--num_beams", type=int, default=None, help="beam width (default k; more = closer to exact)")
@@ -65,9 +68,10 @@ class LoadedRecommender:
     """A checkpoint, its dataset and catalogue, loaded once: ``resolve`` checks a request (before any model is
     loaded), ``run`` answers several with one batched trie beam search per (width, beams) group."""
 
-    def __init__(self, checkpoint: str | Path, dataset_dir: str | Path):
+    def __init__(self, checkpoint: str | Path, dataset_dir: str | Path, sids: str | Path | None = None):
         from data_builders.dataset import load_rec_dataset
         from decoding.catalogue import Catalogue
+        from tokenization.add_items import artifact_items, check_extends
         from tokenization.artifact import load_sid_artifact
 
         self.checkpoint = str(checkpoint)
@@ -78,8 +82,15 @@ class LoadedRecommender:
               f"{checkpoint} was trained on dataset {str(self.meta.get('dataset_hash'))[:12]}, {dataset_dir} is "
               f"{self.dataset.dataset_hash[:12]}")
         check(self.meta.get("sid_dir"), str(checkpoint), "checkpoint meta names no sid_dir")
-        self.catalogue = Catalogue.from_artifact(load_sid_artifact(self.meta["sid_dir"]), self.dataset)
+        artifact = load_sid_artifact(self.meta["sid_dir"])
+        if sids is not None:  # items added since training: same codebooks, the trained SIDs unchanged
+            newer = load_sid_artifact(require_dir(sids, "--sids", containing="meta.json"))
+            check_extends(artifact, newer, "--sids")
+            artifact = newer
+        self.sid_dir = str(artifact.path)
         self.items = {it["item_id"]: it for it in self.dataset.items.to_list()}
+        self.items.update({it["item_id"]: it for it in artifact_items(artifact)})  # new items outside the dataset
+        self.catalogue = Catalogue.from_artifact(artifact, {i: it["domain"] for i, it in self.items.items()})
         self.domains = sorted({it["domain"] for it in self.items.values()})
         self._known = set(self.catalogue.item_ids)
         self.model = self.tokenizer = None
@@ -191,7 +202,7 @@ class LoadedRecommender:
 
 def recommend_cli(argv: Sequence[str]) -> dict[str, Any]:
     a = build_parser().parse_args(argv)
-    rec = LoadedRecommender(a.checkpoint, a.dataset)
+    rec = LoadedRecommender(a.checkpoint, a.dataset, a.sids)
     req = rec.resolve(history=a.history, titles=a.titles, user=a.user, domain=a.domain, k=a.k,
                       num_beams=a.num_beams, exclude_history=a.exclude_history)  # checked before the model loads
     (out,) = rec.run([req])

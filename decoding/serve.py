@@ -124,7 +124,7 @@ def make_handler(recommender: LoadedRecommender, batcher: Batcher, quiet: bool =
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             if self.path != "/healthz":
                 return self._send(404, {"error": f"no such path {self.path!r}; GET /healthz, POST /recommend"})
-            self._send(200, {"status": "ok", "checkpoint": recommender.checkpoint,
+            self._send(200, {"status": "ok", "checkpoint": recommender.checkpoint, "sids": recommender.sid_dir,
                              "items": len(recommender.catalogue), "domains": recommender.domains,
                              "batching": batcher.stats()})
 
@@ -176,6 +176,7 @@ def serve_cli(argv: Sequence[str]) -> None:
     p = argparse.ArgumentParser(prog="python -m decoding.serve", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="a directory written by sft/train.py, rl/dpo.py or rl/grpo.py")
     p.add_argument("--dataset", default="artifacts/amazon18/dataset", help="the dataset the checkpoint trained on")
+    p.add_argument("--sids", default=None, help="a newer version of the checkpoint's SIDs (tokenization.add_items)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--window_ms", type=float, default=5.0, help="wait after a request for others to batch with it")
@@ -185,7 +186,7 @@ def serve_cli(argv: Sequence[str]) -> None:
     check_range("--port", a.port, 0, 65535)
     check_range("--window_ms", a.window_ms, 0)
     check_range("--max_batch", a.max_batch, 1)
-    recommender = LoadedRecommender(a.checkpoint, a.dataset)
+    recommender = LoadedRecommender(a.checkpoint, a.dataset, a.sids)
     try:
         server, batcher = make_server(recommender, a.host, a.port, a.window_ms, a.max_batch, quiet=not a.verbose)
     except OSError as e:

@@ -82,9 +82,10 @@ def measure_latency(rec: Recommender, rows: EvalRows, k: int, n: int, seed: int)
 
 
 def score_lists(lists: list[list[str]], rows: EvalRows, catalogue: Catalogue, rule: CandidateRule,
-                ks: Sequence[int], slices: dict[str, np.ndarray]) -> dict[str, Any]:
+                ks: Sequence[int], slices: dict[str, np.ndarray], known: set[str] | None = None) -> dict[str, Any]:
     """Metrics of raw lists: invalid/duplicate rates on the raw lists, ranking metrics after the candidate rule
-    (scored lists: every tie counted against the target, eval/metrics.py).
+    (scored lists: every tie counted against the target, eval/metrics.py). With ``known`` (the training rows'
+    items) also ``new_items@K``: the share of top-K slots holding an item no training row has.
 
     Returns ``{"by_domain": {domain | "all": {...}}, "per_user": {...}, "slices": {...}}``.
     """
@@ -105,6 +106,8 @@ def score_lists(lists: list[list[str]], rows: EvalRows, catalogue: Catalogue, ru
             "duplicate_rate": M.duplicate_rate([lists[i] for i in idx]),
             f"coverage@{kref}": M.coverage([filtered[i] for i in idx], dom_items, kref),
             "rows": int(sel.sum()),
+            **({f"new_items@{kref}": new_item_share([filtered[i] for i in idx], known, kref)}
+               if known is not None else {}),
         }
         sel_users = [users[i] for i in idx]
         per_user[dom] = {**M.ranking_metrics(ranks[sel], ks, users=sel_users), "users": len(set(sel_users))}
@@ -113,6 +116,16 @@ def score_lists(lists: list[list[str]], rows: EvalRows, catalogue: Catalogue, ru
                         "rows": int(m.sum())}
                  for name, m in slices.items()}
     return {"by_domain": by_domain, "per_user": per_user, "slices": slice_out}
+
+
+def new_item_share(lists: Sequence[Sequence[str]], known: set[str], k: int) -> float:
+    """Share of the top-``k`` slots of ``lists`` that hold an item outside ``known``.
+
+    >>> new_item_share([["a", "x"], ["b", "c"]], {"a", "b", "c"}, 2)
+    0.25
+    """
+    slots = [i for items in lists for i in list(items)[:k]]
+    return sum(i not in known for i in slots) / len(slots) if slots else 0.0
 
 
 def reference_k(ks: Sequence[int]) -> int:

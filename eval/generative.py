@@ -21,8 +21,8 @@ class GenerativeRecommender:
     """``checkpoint``: a directory written by ``sft/train.py`` (or ``python -m sft.merge``)."""
 
     def __init__(self, checkpoint: str, name: str = "generative", num_beams: int | None = None,
-                 batch_size: int = 16, history_len: int | None = None):
-        self.checkpoint, self.name = checkpoint, name
+                 batch_size: int = 16, history_len: int | None = None, sid_dir: str = ""):
+        self.checkpoint, self.name, self.sid_dir = checkpoint, name, sid_dir
         self.num_beams, self.batch_size, self.history_len = num_beams, batch_size, history_len
         self.model = self.tokenizer = self.catalogue = None
 
@@ -39,6 +39,13 @@ class GenerativeRecommender:
             raise ValueError(f"{self.checkpoint} was trained on dataset {meta['dataset_hash'][:12]}, but the "
                              f"evaluation uses {dataset.dataset_hash[:12]}")
         self.history_len = self.history_len or meta.get("history_len", 10)
+        if self.sid_dir:  # a newer version of the model's artifact: items added since training (tokenization.add_items)
+            from tokenization.add_items import check_extends
+            from tokenization.artifact import load_sid_artifact
+
+            newer = load_sid_artifact(self.sid_dir)
+            check_extends(artifact, newer, "generative_sid_dir")
+            artifact = newer
         self.catalogue = Catalogue.from_artifact(artifact, dataset)
 
     def recommend(self, queries: Sequence[Query], k: int) -> list[list[str]]:

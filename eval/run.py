@@ -27,7 +27,7 @@ from eval.published import dataset_notes, published_table
 from eval.recommenders import (CandidateRule, Catalogue, PopularityRecommender, PredictionsRecommender, Recommender,
                                item_target_counts)
 from eval.report import FORMAT, load_metrics, protocol_tag, write_report
-from eval.slices import slice_masks
+from eval.slices import slice_masks, training_items
 
 log = logging.getLogger("eval.run")
 
@@ -96,6 +96,9 @@ class EvalArgs:
     # the report has the SFT row and the SFT+RL row on the same rows.
     generative_rl_checkpoint: str = ""
     generative_num_beams: int = 0  # 0 = the checkpoint's default
+    # "" = the SIDs the checkpoint trained with; else a newer version of them with items added since training
+    # (python -m tokenization.add_items): the model decodes over the larger catalogue (`generative`, `generative_rl`)
+    generative_sid_dir: str = ""
     generative_batch_size: int = 16
     # Generative candidates re-ranked (method `generative_rerank`, eval/hybrid.py): the top rerank_candidates items
     # of the beam search, fused w * z(log-prob) + (1 - w) * z(scorer score); several weights = one row per weight.
@@ -191,7 +194,7 @@ def build_generative(a: EvalArgs, rule: CandidateRule) -> list[Recommender]:
     if not a.generative_checkpoint:
         raise ValueError("method `generative` needs generative_checkpoint (a directory written by sft/train.py)")
     return [GenerativeRecommender(a.generative_checkpoint, num_beams=a.generative_num_beams or None,
-                                  batch_size=a.generative_batch_size)]
+                                  batch_size=a.generative_batch_size, sid_dir=a.generative_sid_dir)]
 
 
 # rerank_scorer -> the builder of that standalone method (same settings as its own row).
@@ -207,7 +210,8 @@ def build_generative_rl(a: EvalArgs, rule: CandidateRule) -> list[Recommender]:
     from eval.generative import GenerativeRecommender
 
     return [GenerativeRecommender(a.generative_rl_checkpoint, name="generative_rl",
-                                  num_beams=a.generative_num_beams or None, batch_size=a.generative_batch_size)]
+                                  num_beams=a.generative_num_beams or None, batch_size=a.generative_batch_size,
+                                  sid_dir=a.generative_sid_dir)]
 
 
 def build_generative_rerank(a: EvalArgs, rule: CandidateRule) -> list[Recommender]:
@@ -401,6 +405,8 @@ def check_inputs(a: EvalArgs) -> None:
         require_dir(a.generative_checkpoint, "generative_checkpoint", containing="genrec_sft.json")
     if "generative_rl" in a.methods:
         require_dir(a.generative_rl_checkpoint, "generative_rl_checkpoint", containing="genrec_sft.json")
+    if a.generative_sid_dir:
+        require_dir(a.generative_sid_dir, "generative_sid_dir", containing="meta.json")
     for spec in a.predictions_files if "predictions" in a.methods else []:
         require_file(spec.rpartition("=")[2], "predictions file")
     for path in a.include_metrics:
@@ -496,8 +502,9 @@ def evaluate_methods(a: EvalArgs, dataset, train_rows: list[dict], embeddings, r
     catalogue = Catalogue.from_dataset(dataset, a.seed)
     E.check_ks(a.ks, catalogue, rule)
     k_request = E.request_size(a.ks, rule, max((len(q.history) for q in rows.queries), default=0))
+    known = training_items(train_rows)
     slices = slice_masks(rows.targets, [q.history for q in rows.queries], item_target_counts(train_rows),
-                         catalogue.item_ids, a.cold_max, a.head_share, a.short_history_max)
+                         catalogue.item_ids, a.cold_max, a.head_share, a.short_history_max, known)
     out: dict = {"methods": {}, "per_user": {}, "slices": {}, "latency_ms": {}, "training": {},
                  "method_order": [], "slice_order": list(slices)}
     for method in a.methods:
@@ -508,7 +515,7 @@ def evaluate_methods(a: EvalArgs, dataset, train_rows: list[dict], embeddings, r
                 rec.fit(dataset, train_rows, embeddings)
             fit_seconds = time.perf_counter() - start
             lists, seconds = E.collect_lists(rec, rows, k_request, a.batch_size)
-            scored = E.score_lists(lists, rows, catalogue, rule, a.ks, slices)
+            scored = E.score_lists(lists, rows, catalogue, rule, a.ks, slices, known)
             precomputed = isinstance(rec, PredictionsRecommender)
             if rec.name in out["methods"]:
                 raise ValueError(f"two methods are named {rec.name!r}; give predictions files distinct names")

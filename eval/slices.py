@@ -21,13 +21,20 @@ def head_items(counts: Counter, item_ids: Sequence[str], share: float) -> set[st
 
 
 def slice_masks(targets: Sequence[str], histories: Sequence[Sequence[str]], counts: Counter,
-                item_ids: Sequence[str], cold_max: int, head_share: float, short_max: int) -> dict[str, np.ndarray]:
-    """``{slice name: bool [R]}`` over the evaluated rows; each pair of slices partitions the rows."""
+                item_ids: Sequence[str], cold_max: int, head_share: float, short_max: int,
+                known: set[str] | None = None) -> dict[str, np.ndarray]:
+    """``{slice name: bool [R]}`` over the evaluated rows; each pair of slices partitions the rows. With ``known``
+    (the items of the training rows) and some target outside it, also new vs seen targets: items no training row
+    has, which only content (text, SIDs) can recommend."""
     freq = np.array([counts.get(t, 0) for t in targets])
     head = head_items(counts, item_ids, head_share)
     is_head = np.array([t in head for t in targets], dtype=bool)
     length = np.array([len(h) for h in histories])
     pct = round(100 * head_share)
+    new = {}
+    if known is not None and any(t not in known for t in targets):
+        is_new = np.array([t not in known for t in targets], dtype=bool)
+        new = {NEW_TARGET: is_new, "seen target (in training rows)": ~is_new}
     return {
         f"cold target (<={cold_max} train)": freq <= cold_max,
         f"warm target (>{cold_max} train)": freq > cold_max,
@@ -35,4 +42,17 @@ def slice_masks(targets: Sequence[str], histories: Sequence[Sequence[str]], coun
         f"tail target (bottom {100 - pct}%)": ~is_head,
         f"short history (<={short_max})": length <= short_max,
         f"long history (>{short_max})": length > short_max,
+        **new,
     }
+
+
+NEW_TARGET = "new target (in no training row)"
+
+
+def training_items(train_rows: Sequence[dict]) -> set[str]:
+    """Every item of the training rows (histories and targets)."""
+    out: set[str] = set()
+    for r in train_rows:
+        out.update(r["history"])
+        out.add(r["target"])
+    return out

@@ -143,9 +143,10 @@ def check_codes(item_ids: Sequence[str], codes: np.ndarray, codebook_sizes: Sequ
 def write_sid_artifact(
     out_dir: str | os.PathLike, item_ids: Sequence[str], codes: np.ndarray, meta: dict[str, Any],
     quality: dict[str, Any] | None = None, arrays: dict[str, np.ndarray] | None = None,
-    plot_title: str = "",
+    plot_title: str = "", extra_files: dict[str, bytes] | None = None,
 ) -> dict[str, Any]:
-    """Write the artifact atomically; ``meta`` must hold at least ``codebook_sizes``. Returns the full meta."""
+    """Write the artifact atomically; ``meta`` must hold at least ``codebook_sizes``; ``extra_files`` (name ->
+    bytes) are written and hashed beside the rest. Returns the full meta."""
     check_codes(list(item_ids), codes, meta["codebook_sizes"], where=str(out_dir))
     meta = {"format": FORMAT, "levels": int(codes.shape[1]), "n_items": len(item_ids), **meta}
     with atomic_dir(out_dir) as tmp:
@@ -161,6 +162,8 @@ def write_sid_artifact(
 
             write_json(tmp / "quality.json", quality)
             plot_quality(quality, tmp / "quality.png", title=plot_title)
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         meta["content_hashes"] = {name: sha256_file(tmp / name) for name in files}
         write_json(tmp / "meta.json", meta)

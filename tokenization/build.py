@@ -28,6 +28,7 @@ from tokenization.sid_format import LEVEL_LETTERS, TOKEN_FORMAT, sid_string
 
 log = logging.getLogger("tokenization.build")
 VOCAB_INITS = ("semantic", "mean")
+ITEM_SUBSETS = ("all", "before_test")
 
 
 @dataclass
@@ -39,6 +40,9 @@ class BuildArgs:
     output_dir: str = "artifacts/amazon18/sids"
     method: str = "rq_kmeans"  # rq_kmeans | balanced_rq_kmeans | fsq | external
     domains: list[str] = field(default_factory=list)  # empty = every item of the dataset
+    # all | before_test: only items of some train / valid row, so the items first seen in the test period are new
+    # to the SIDs too (cold-start protocol; add them later with python -m tokenization.add_items)
+    items: str = "all"
     seed: int = 0
     levels: int = 3  # semantic levels (RQ); the de-duplication level comes on top
     codebook_size: int = 256  # method=external: at least this many tokens per level (more if codes need it)
@@ -74,6 +78,7 @@ def check_args(args: BuildArgs) -> None:
           f"{NOT_OFFERED.get(args.collision)}")
     check_choice("collision", args.collision, COLLISION_METHODS)
     check_choice("vocab_init", args.vocab_init, VOCAB_INITS)
+    check_choice("items", args.items, ITEM_SUBSETS)
     check(args.method == "external" or args.embeddings, "embeddings",
           f"method={args.method} needs embeddings (a directory from data_builders.build)")
     check(args.method != "external" or args.external_index, "external_index",
@@ -144,6 +149,7 @@ def build_meta(args: BuildArgs, inputs: BuildInputs, q: methods.QuantizedCodes, 
         "level_letters": LEVEL_LETTERS[: codes.shape[1]],
         "example_sid": sid_string(codes[0]),
         "seed": args.seed,
+        "item_subset": args.items,
         "vocab_init": args.vocab_init,
         "method_info": q.info,
         "inputs": {
@@ -170,7 +176,8 @@ def build(argv: list[str] | None = None) -> dict:
     check_args(args)
     check_inputs(args)
     min_items = args.codebook_size if args.method in ("rq_kmeans", "balanced_rq_kmeans") else 1
-    inputs = load_build_inputs(args.dataset, args.embeddings or None, args.domains, min_items=min_items)
+    inputs = load_build_inputs(args.dataset, args.embeddings or None, args.domains, min_items=min_items,
+                               before_test=args.items == "before_test")
     log.info("%d items%s, method %s", len(inputs.item_ids),
              "" if inputs.embeddings is None else f", embeddings {inputs.embeddings.shape}", args.method)
 

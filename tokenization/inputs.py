@@ -81,9 +81,10 @@ def read_embeddings_dir(path: str | os.PathLike, dataset: RecDataset) -> tuple[n
 
 def load_build_inputs(
     dataset_path: str | os.PathLike, embeddings_path: str | os.PathLike | None, domains: Sequence[str] = (),
-    min_items: int = 1,
+    min_items: int = 1, before_test: bool = False,
 ) -> BuildInputs:
-    """Load the dataset (optionally only ``domains``) and, if given, its embeddings; validate both."""
+    """Load the dataset (optionally only ``domains``; with ``before_test`` only the items of some train or valid row)
+    and, if given, its embeddings; validate both."""
     dataset = load_rec_dataset(dataset_path)
     all_ids = list(dataset.item_ids)
     check_item_ids(all_ids, f"{dataset_path}/items.parquet")
@@ -94,6 +95,9 @@ def load_build_inputs(
         if unknown:
             raise DataError(f"{dataset_path}: unknown domains {unknown}; the dataset has {sorted(set(item_domains))}")
         rows = np.flatnonzero(np.isin(item_domains, list(domains)))
+    if before_test:
+        seen = items_before_test(dataset)
+        rows = np.array([i for i in rows if all_ids[i] in seen], dtype=np.int64)
     item_ids = [all_ids[i] for i in rows]
     x, meta, sha = None, {}, None
     if embeddings_path:
@@ -105,6 +109,17 @@ def load_build_inputs(
         raise DataError(f"{dataset_path}: {len(item_ids)} items are fewer than the {min_items} codes of a "
                         "codebook; use a smaller codebook_size")
     return BuildInputs(dataset, item_ids, rows, x, meta, sha)
+
+
+def items_before_test(dataset: RecDataset) -> set[str]:
+    """Items of some train or valid row (history or target): what was known before the test period began."""
+    seen: set[str] = set()
+    for split in ("train", "valid"):
+        table = dataset.splits[split]
+        for history, target in zip(table["history"], table["target"]):
+            seen.update(history)
+            seen.add(target)
+    return seen
 
 
 def item_users(dataset: RecDataset, item_ids: Sequence[str], split: str = "train") -> list[frozenset]:
