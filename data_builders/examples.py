@@ -72,6 +72,12 @@ def build_examples(dataset, artifact, tokenizer, splits: Sequence[str] = ("train
     keep = (lambda d: True) if domains is None else (lambda d: d in set(domains))  # noqa: E731
     rows = [r for s in splits for r in dataset.splits[s] if keep(r["domain"])]
     items = [i for i in dataset.items if keep(i["domain"])]
+    if (getattr(artifact, "meta", None) or {}).get("item_subset", "all") != "all":
+        # SIDs fitted on the items of earlier periods only (tokenization.build items:): later rows and items have
+        # none yet, and are left out here (sft/train.py checks that every training row has its SIDs)
+        has = set(artifact.item_ids)
+        rows = [r for r in rows if r["target"] in has and all(i in has for i in r["history"])]
+        items = [i for i in items if i["item_id"] in has]
     titles = {i["item_id"]: i["title"] for i in items}
     rng = random.Random(seed)
     examples: list[dict] = []

@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sids", default=None,
                    help="a newer version of the checkpoint's SID artifact, with items added since training "
                         "(python -m tokenization.add_items); default: the one it trained with")
+    p.add_argument("--new_item_levels", type=int, default=None,
+                   help="items --sids added: SID levels the model scores them by (default: chosen on valid)")
+    p.add_argument("--new_item_offset", type=float, default=None,
+                   help="items --sids added: log P added for their unscored codes (default: chosen on valid; "
+                        "-inf-like -1e9 = never)")
     p.add_argument("--domain", help="recommend from this domain (default: the history's)")
     p.add_argument("--k", type=int, default=10, help="items to return")
     p.add_argument("--num_beams", type=int, default=None, help="beam width (default k; more = closer to exact)")
@@ -68,9 +73,11 @@ class LoadedRecommender:
     """A checkpoint, its dataset and catalogue, loaded once: ``resolve`` checks a request (before any model is
     loaded), ``run`` answers several with one batched trie beam search per (width, beams) group."""
 
-    def __init__(self, checkpoint: str | Path, dataset_dir: str | Path, sids: str | Path | None = None):
+    def __init__(self, checkpoint: str | Path, dataset_dir: str | Path, sids: str | Path | None = None,
+                 new_item_levels: int | None = None, new_item_offset: float | None = None):
         from data_builders.dataset import load_rec_dataset
         from decoding.catalogue import Catalogue
+        from decoding.cold_start import DEFAULT_OFFSET, DEFAULT_PREFIX_LEVELS, ColdStart
         from tokenization.add_items import artifact_items, check_extends
         from tokenization.artifact import load_sid_artifact
 
@@ -83,9 +90,16 @@ class LoadedRecommender:
               f"{self.dataset.dataset_hash[:12]}")
         check(self.meta.get("sid_dir"), str(checkpoint), "checkpoint meta names no sid_dir")
         artifact = load_sid_artifact(self.meta["sid_dir"])
+        self.cold: ColdStart | None = None
         if sids is not None:  # items added since training: same codebooks, the trained SIDs unchanged
             newer = load_sid_artifact(require_dir(sids, "--sids", containing="meta.json"))
             check_extends(artifact, newer, "--sids")
+            added = tuple(newer.item_ids[len(artifact.item_ids):])
+            levels = DEFAULT_PREFIX_LEVELS if new_item_levels is None else new_item_levels
+            check_range("--new_item_levels", levels, 1, newer.levels)
+            offset = DEFAULT_OFFSET if new_item_offset is None else new_item_offset
+            check(offset <= 0, "--new_item_offset", f"a log-probability, <= 0; got {offset}")
+            self.cold = ColdStart(added, levels, offset) if added else None
             artifact = newer
         self.sid_dir = str(artifact.path)
         self.items = {it["item_id"]: it for it in self.dataset.items.to_list()}
@@ -185,6 +199,14 @@ class LoadedRecommender:
                              k=width, domains=[requests[i].domain for i in idx], num_beams=beams,
                              batch_size=max(len(idx), 1), max_history=self.meta.get("history_len", 10),
                              show_progress=False)
+            if self.cold is not None:  # items added since training, merged by their SID prefix
+                from decoding.cold_start import merge, new_item_scores
+
+                new = new_item_scores(self.model, self.tokenizer, self.catalogue,
+                                      [list(requests[i].history) for i in idx], [requests[i].domain for i in idx],
+                                      self.cold.items, self.cold.prefix_levels,
+                                      max_history=self.meta.get("history_len", 10))
+                recs = [merge(rec, n, self.cold.offset, width) for rec, n in zip(recs, new)]
             for i, rec in zip(idx, recs):
                 answers[i] = self.answer(requests[i], rec)
         return answers  # type: ignore[return-value]
@@ -202,7 +224,7 @@ class LoadedRecommender:
 
 def recommend_cli(argv: Sequence[str]) -> dict[str, Any]:
     a = build_parser().parse_args(argv)
-    rec = LoadedRecommender(a.checkpoint, a.dataset, a.sids)
+    rec = LoadedRecommender(a.checkpoint, a.dataset, a.sids, a.new_item_levels, a.new_item_offset)
     req = rec.resolve(history=a.history, titles=a.titles, user=a.user, domain=a.domain, k=a.k,
                       num_beams=a.num_beams, exclude_history=a.exclude_history)  # checked before the model loads
     (out,) = rec.run([req])

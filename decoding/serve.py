@@ -178,6 +178,8 @@ def serve_cli(argv: Sequence[str]) -> None:
     p.add_argument("--checkpoint", required=True, help="a directory written by sft/train.py, rl/dpo.py or rl/grpo.py")
     p.add_argument("--dataset", default="artifacts/amazon18/dataset", help="the dataset the checkpoint trained on")
     p.add_argument("--sids", default=None, help="a newer version of the checkpoint's SIDs (tokenization.add_items)")
+    p.add_argument("--new_item_levels", type=int, default=None, help="as python -m decoding.recommend")
+    p.add_argument("--new_item_offset", type=float, default=None, help="as python -m decoding.recommend")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--window_ms", type=float, default=5.0, help="wait after a request for others to batch with it")
@@ -187,7 +189,7 @@ def serve_cli(argv: Sequence[str]) -> None:
     check_range("--port", a.port, 0, 65535)
     check_range("--window_ms", a.window_ms, 0)
     check_range("--max_batch", a.max_batch, 1)
-    recommender = LoadedRecommender(a.checkpoint, a.dataset, a.sids)
+    recommender = LoadedRecommender(a.checkpoint, a.dataset, a.sids, a.new_item_levels, a.new_item_offset)
     try:
         server, batcher = make_server(recommender, a.host, a.port, a.window_ms, a.max_batch, quiet=not a.verbose)
     except OSError as e:

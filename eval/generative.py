@@ -25,6 +25,7 @@ class GenerativeRecommender:
         self.checkpoint, self.name, self.sid_dir = checkpoint, name, sid_dir
         self.num_beams, self.batch_size, self.history_len = num_beams, batch_size, history_len
         self.model = self.tokenizer = self.catalogue = None
+        self.new_items: tuple[str, ...] = ()  # items of sid_dir after the trained artifact's (added since training)
 
     def fit(self, dataset: Any, train_rows: list[dict], embeddings: np.ndarray | None) -> None:
         import json
@@ -45,6 +46,7 @@ class GenerativeRecommender:
 
             newer = load_sid_artifact(self.sid_dir)
             check_extends(artifact, newer, "generative_sid_dir")
+            self.new_items = tuple(newer.item_ids[len(artifact.item_ids):])
             artifact = newer
         self.catalogue = Catalogue.from_artifact(artifact, dataset)
 

@@ -99,6 +99,10 @@ class EvalArgs:
     # "" = the SIDs the checkpoint trained with; else a newer version of them with items added since training
     # (python -m tokenization.add_items): the model decodes over the larger catalogue (`generative`, `generative_rl`)
     generative_sid_dir: str = ""
+    # Method `generative_cold` (eval/cold_start.py): the items generative_sid_dir adds, merged with the beams by
+    # log P(first p SID levels) + c; several values give one row per (p, c) (choose on valid)
+    cold_prefix_levels: list[int] = field(default_factory=lambda: [2])
+    cold_offsets: list[float] = field(default_factory=lambda: [-4.0])
     generative_batch_size: int = 16
     # Generative candidates re-ranked (method `generative_rerank`, eval/hybrid.py): the top rerank_candidates items
     # of the beam search, fused w * z(log-prob) + (1 - w) * z(scorer score); several weights = one row per weight.
@@ -214,6 +218,18 @@ def build_generative_rl(a: EvalArgs, rule: CandidateRule) -> list[Recommender]:
                                   sid_dir=a.generative_sid_dir)]
 
 
+def build_generative_cold(a: EvalArgs, rule: CandidateRule) -> list[Recommender]:
+    from eval.cold_start import ColdStartRecommender
+
+    check(a.generative_sid_dir, "generative_sid_dir", "method generative_cold needs the extended SID artifact "
+                                                      "(python -m tokenization.add_items)")
+    (generative,) = build_generative(a, rule)
+    try:
+        return ColdStartRecommender(generative, a.cold_prefix_levels, a.cold_offsets).rows()
+    except ValueError as e:
+        raise UserError(f"cold_prefix_levels / cold_offsets: {e}") from None
+
+
 def build_generative_rerank(a: EvalArgs, rule: CandidateRule) -> list[Recommender]:
     from eval.hybrid import GenerativeRerankRecommender
 
@@ -295,6 +311,7 @@ METHODS: dict[str, Callable[[EvalArgs, CandidateRule], list[Recommender]]] = {
     "generative": build_generative,
     "generative_rl": build_generative_rl,
     "generative_rerank": build_generative_rerank,
+    "generative_cold": build_generative_cold,
     **{m: (lambda a, rule, m=m: build_dense(a, rule, m))
        for m in ("random", "bm25", "bi_encoder", "bi_encoder_title", "xpert", "mini_xpert", "mini_xpert_sweep")},
 }
@@ -359,9 +376,13 @@ def check_args(a: EvalArgs) -> None:
                                                                  "name them: name=path.jsonl")
         check(a.predictions_files, "predictions_files", "method `predictions` needs predictions_files: "
                                                         "[name=path.jsonl, ...]")
-    if {"generative", "generative_rerank"} & set(a.methods):
+    if {"generative", "generative_rerank", "generative_cold"} & set(a.methods):
         check(a.generative_checkpoint, "generative_checkpoint",
-              "methods generative / generative_rerank need a checkpoint directory written by sft/train.py")
+              "methods generative / generative_rerank / generative_cold need a checkpoint directory written by "
+              "sft/train.py")
+    if "generative_cold" in a.methods:
+        check(a.generative_sid_dir, "generative_sid_dir", "method generative_cold needs the extended SID artifact "
+                                                          "(python -m tokenization.add_items)")
     if "generative_rl" in a.methods:
         check(a.generative_rl_checkpoint, "generative_rl_checkpoint",
               "method generative_rl needs a checkpoint directory written by rl/grpo.py or rl/dpo.py")
@@ -401,7 +422,7 @@ def check_inputs(a: EvalArgs) -> None:
     require_dir(a.dataset, "dataset", containing="meta.json")
     if a.embeddings:
         require_dir(a.embeddings, "embeddings", containing="meta.json")
-    if {"generative", "generative_rerank"} & set(a.methods):
+    if {"generative", "generative_rerank", "generative_cold"} & set(a.methods):
         require_dir(a.generative_checkpoint, "generative_checkpoint", containing="genrec_sft.json")
     if "generative_rl" in a.methods:
         require_dir(a.generative_rl_checkpoint, "generative_rl_checkpoint", containing="genrec_sft.json")
@@ -444,7 +465,7 @@ def check_checkpoint(a: EvalArgs, dataset, rows: "E.EvalRows", rule: CandidateRu
     list (before anything is fitted)."""
     if "generative_rl" in a.methods:
         _check_one_checkpoint(a, dataset, "generative_rl_checkpoint", a.generative_rl_checkpoint)
-    if {"generative", "generative_rerank"} & set(a.methods):
+    if {"generative", "generative_rerank", "generative_cold"} & set(a.methods):
         _check_one_checkpoint(a, dataset, "generative_checkpoint", a.generative_checkpoint)
     if a.generative_num_beams and {"generative", "generative_rl"} & set(a.methods):
         catalogue = Catalogue.from_dataset(dataset, a.seed)
@@ -623,7 +644,7 @@ def run_eval(argv: list[str] | None = None) -> dict:
     rows = E.EvalRows.from_split(dataset.splits[a.split], a.max_rows, a.seed)
     rule = CandidateRule(same_domain=a.same_domain, exclude_history=a.exclude_history)
     E.check_ks(a.ks, Catalogue.from_dataset(dataset, a.seed), rule)
-    if {"generative", "generative_rl", "generative_rerank"} & set(a.methods):
+    if {"generative", "generative_rl", "generative_rerank", "generative_cold"} & set(a.methods):
         check_checkpoint(a, dataset, rows, rule)
     prebuilt = {}
     if "predictions" in a.methods:  # read and check every predictions file now, not after the other methods

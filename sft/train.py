@@ -230,10 +230,16 @@ def check_catalogue(script: ScriptArguments, dataset, artifact) -> None:
     have = set(artifact.item_ids)
     keep = set(domains)
     without = [i for i, d in zip(dataset.item_ids, dataset.items["domain"]) if d in keep and i not in have]
-    if without and artifact.meta.get("item_subset") == "before_test":
-        # cold-start protocol: the items first seen in the test period have no SID yet; no train / valid row has them
-        log.info("%d items first seen in the test period have no SID (items: before_test); the model cannot "
-                 "recommend them until python -m tokenization.add_items gives them one", len(without))
+    subset = artifact.meta.get("item_subset")
+    if without and subset in ("before_test", "before_valid"):
+        # cold-start protocol: the items first seen later have no SID yet; no row the SIDs were fitted on has them
+        used = {i for s in script.train_splits for r in dataset.splits[s] for i in (*r["history"], r["target"])}
+        late = sorted(used - have)
+        if late:
+            raise UserError(f"train_splits: {len(late)} items of the training rows have no SID (e.g. {late[0]!r}) in "
+                            f"{script.sid_dir} (items: {subset}); train on the rows it was built for")
+        log.info("%d items first seen later have no SID (items: %s); the model cannot recommend them until "
+                 "python -m tokenization.add_items gives them one", len(without), subset)
     elif without:
         raise UserError(f"{script.sid_dir}: {len(without)} items of the dataset (domains {sorted(keep)}) have no SID "
                         f"(e.g. {without[0]!r}); it was built for other data or other domains")

@@ -86,7 +86,20 @@ def cold(tmp_path_factory):
     dataset, emb = clustered(root)
     sids = build(root, dataset, emb, "sids", "--method", "rq_kmeans", "--items", "before_test")
     assert A.main(["--sids", str(sids), "--out", str(root / "sids_v2")]) == 0
+    train_cold_model(root, dataset, sids)
     return root, dataset, emb, sids, root / "sids_v2"
+
+
+def train_cold_model(root: Path, dataset: Path, sids: Path) -> Path:
+    """root/ckpt: a scratch decoder trained on the SIDs fitted before test (it never saw the new items)."""
+    from sft.train import run_sft
+
+    run_sft(["--config", str(TINY_SFT), "--dataset_dir", str(dataset), "--sid_dir", str(sids),
+             "--output_dir", str(root / "ckpt"), "--model_name_or_path", "scratch", "--mode", "full",
+             "--weight_title2sid", "0", "--scratch_hidden_size", "32", "--scratch_layers", "2",
+             "--scratch_heads", "2", "--max_steps", "300", "--learning_rate", "3e-3", "--val_rec_rows", "0",
+             "--train_splits", "train", "valid"])
+    return root / "ckpt"
 
 
 NEW = [f"{D}:{c}_{PER - 1}" for c in range(CLUSTERS)]
@@ -128,15 +141,8 @@ def test_rq_and_fsq_encoders_reproduce_the_fitted_codes(tmp_path):
 
 
 def test_a_model_trained_before_the_new_items_recommends_them_after_their_near_duplicates(cold):
-    from sft.train import run_sft
-
     root, dataset, _, sids, v2 = cold
     ckpt = root / "ckpt"
-    run_sft(["--config", str(TINY_SFT), "--dataset_dir", str(dataset), "--sid_dir", str(sids),
-             "--output_dir", str(ckpt), "--model_name_or_path", "scratch", "--mode", "full",
-             "--weight_title2sid", "0", "--scratch_hidden_size", "32", "--scratch_layers", "2",
-             "--scratch_heads", "2", "--max_steps", "300", "--learning_rate", "3e-3", "--val_rec_rows", "0",
-             "--train_splits", "train", "valid"])
     before = LoadedRecommender(ckpt, dataset)
     with pytest.raises(A.UserError, match="no SID"):  # without the new version the model cannot name them
         before.resolve(history=[NEW[0]])
@@ -172,10 +178,11 @@ def test_new_items_from_a_file_travel_with_the_artifact(cold, monkeypatch):
     assert art.item_ids[-1] == "Toys:brand_new"
     assert A.artifact_items(art) == [{"item_id": "Toys:brand_new", "domain": D, "title": "A brand-new toy",
                                       "brand": None, "categories": None, "features": None, "description": None}]
-    rec = LoadedRecommender(root / "ckpt", dataset, out) if (root / "ckpt").exists() else None
-    if rec is not None:
-        assert rec.items["Toys:brand_new"]["title"] == "A brand-new toy"
-        assert rec.catalogue.sid_string("Toys:brand_new") == art.sid_string("Toys:brand_new")
+    rec = LoadedRecommender(root / "ckpt", dataset, out)
+    assert rec.items["Toys:brand_new"]["title"] == "A brand-new toy"
+    assert rec.catalogue.sid_string("Toys:brand_new") == art.sid_string("Toys:brand_new")
+    (answer,) = rec.run([rec.resolve(history=["Toys:brand_new"], k=3)])  # a history of the new item works too
+    assert len(answer["items"]) == 3 and answer["history"][0]["title"] == "A brand-new toy"
 
 
 @pytest.mark.parametrize("args, message", [
@@ -212,3 +219,69 @@ def test_external_sids_have_no_encoder(tmp_path, capsys):
                        "--quality_pairs", "0"]) == 0
     assert A.main(["--sids", str(sids), "--out", str(tmp_path / "out")]) == 2
     assert "have no encoder for unseen items" in capsys.readouterr().err
+
+
+def test_prefix_scores_add_up_to_the_full_score(cold):
+    """log P(SID[:p]) for p = 1..L, then + log P(EOS | SID) = the full score beam search ranks by."""
+    import torch
+
+    from decoding.score import score_items
+    from sft.modeling import load_sft_checkpoint
+
+    root, dataset, *_ = cold
+    model, tok, art = load_sft_checkpoint(root / "ckpt")
+    cat = LoadedRecommender(root / "ckpt", dataset).catalogue
+    hist, cands = [[f"{D}:0_1", f"{D}:0_2"]], [[f"{D}:0_3", f"{D}:2_1"]]
+    full = score_items(model, tok, cat, hist, cands)[0]
+    parts = [score_items(model, tok, cat, hist, cands, prefix_levels=p)[0] for p in range(1, cat.levels + 1)]
+    assert all((np.diff(np.stack(parts), axis=0) < 0).all(axis=0))  # each level adds a log-probability < 0
+    assert (parts[-1] > full).all()  # the full score also pays for EOS
+    from decoding.recommend import encode_prompts, history_prompts
+
+    ids, mask = encode_prompts(tok, history_prompts(tok, cat, hist, 10))
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[0, -1].float(), -1)
+    first = [logp[tok.convert_tokens_to_ids(cat.sid_tokens(c)[0])].item() for c in cands[0]]
+    assert parts[0] == pytest.approx(first, abs=1e-4)
+    with pytest.raises(ValueError, match="prefix_levels=9"):
+        score_items(model, tok, cat, hist, cands, prefix_levels=9)
+
+
+def test_merged_new_items_reach_the_top_after_their_near_duplicates(cold):
+    """With the prefix merge (decoding/cold_start.py) the new item of the history's cluster enters the top 8 —
+    which the plain beam search above could not do for cluster 0."""
+    root, dataset, _, _, v2 = cold
+    rec = LoadedRecommender(root / "ckpt", dataset, v2, new_item_levels=1, new_item_offset=-2.0)
+    assert rec.cold is not None and rec.cold.items == tuple(NEW)
+    for c, item in enumerate(NEW):
+        (out,) = rec.run([rec.resolve(history=[f"{D}:{c}_{j}" for j in range(4)], k=PER)])
+        got = [i["item_id"] for i in out["items"]]
+        assert item in got and len(set(got)) == PER, (item, got)
+    # an offset of -1e9 merges nothing: the answer is the plain beam search's
+    never = LoadedRecommender(root / "ckpt", dataset, v2, new_item_levels=1, new_item_offset=-1e9)
+    req = never.resolve(history=[f"{D}:0_{j}" for j in range(4)], k=PER)
+    (merged,) = never.run([req])
+    never.cold = None
+    assert never.run([req]) == [merged]
+
+
+def test_eval_generative_cold_rows_score_the_new_targets(cold, tmp_path):
+    """eval.run with the extended artifact: the plain model never hits a new target; generative_cold's rows do, the
+    new-target slice and new_items@10 say so, and a bad sweep value is one error line."""
+    from eval.run import run_eval
+
+    root, dataset, emb, _, v2 = cold
+    base = ["--config", str(REPO / "configs" / "tiny" / "eval.yaml"), "--dataset", str(dataset), "--embeddings",
+            str(emb), "--generative_checkpoint", str(root / "ckpt"), "--generative_sid_dir", str(v2)]
+    m = run_eval([*base, "--output_dir", str(tmp_path / "eval"), "--methods", "popularity", "generative",
+                  "generative_cold", "--cold_prefix_levels", "1", "--cold_offsets", "-2", "-50"])
+    assert m["method_order"] == ["popularity", "generative", "generative_cold[p=1,c=-2]", "generative_cold[p=1,c=-50]"]
+    new = {n: m["slices"][n]["new target (in no training row)"] for n in m["method_order"]}
+    assert new["generative"]["rows"] == 8 and new["popularity"]["hr@10"] == 0.0
+    assert new["generative_cold[p=1,c=-2]"]["ndcg@10"] > new["generative"]["ndcg@10"]  # ranked higher
+    assert new["generative_cold[p=1,c=-50]"] == new["generative"]  # an offset that merges nothing: the beams
+    assert m["methods"]["generative"]["all"]["new_items@10"] == pytest.approx(0.1)  # one new item per top 10
+    assert m["training"]["generative_cold[p=1,c=-2]"]["new_items"] == 4
+    with pytest.raises(A.UserError, match="cold_offset"):
+        run_eval([*base, "--output_dir", str(tmp_path / "bad"), "--methods", "generative_cold",
+                  "--cold_offsets", "0.5"])

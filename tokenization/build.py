@@ -28,7 +28,7 @@ from tokenization.sid_format import LEVEL_LETTERS, TOKEN_FORMAT, sid_string
 
 log = logging.getLogger("tokenization.build")
 VOCAB_INITS = ("semantic", "mean")
-ITEM_SUBSETS = ("all", "before_test")
+ITEM_SUBSETS = {"all": (), "before_test": ("train", "valid"), "before_valid": ("train",)}
 
 
 @dataclass
@@ -41,7 +41,8 @@ class BuildArgs:
     method: str = "rq_kmeans"  # rq_kmeans | balanced_rq_kmeans | fsq | external
     domains: list[str] = field(default_factory=list)  # empty = every item of the dataset
     # all | before_test: only items of some train / valid row, so the items first seen in the test period are new
-    # to the SIDs too (cold-start protocol; add them later with python -m tokenization.add_items)
+    # to the SIDs too (cold-start protocol; add them later with python -m tokenization.add_items) | before_valid:
+    # only items of train rows (the same protocol one period earlier, for choices made on valid)
     items: str = "all"
     seed: int = 0
     levels: int = 3  # semantic levels (RQ); the de-duplication level comes on top
@@ -177,7 +178,7 @@ def build(argv: list[str] | None = None) -> dict:
     check_inputs(args)
     min_items = args.codebook_size if args.method in ("rq_kmeans", "balanced_rq_kmeans") else 1
     inputs = load_build_inputs(args.dataset, args.embeddings or None, args.domains, min_items=min_items,
-                               before_test=args.items == "before_test")
+                               seen_in=ITEM_SUBSETS[args.items])
     log.info("%d items%s, method %s", len(inputs.item_ids),
              "" if inputs.embeddings is None else f", embeddings {inputs.embeddings.shape}", args.method)
 

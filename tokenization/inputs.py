@@ -81,10 +81,10 @@ def read_embeddings_dir(path: str | os.PathLike, dataset: RecDataset) -> tuple[n
 
 def load_build_inputs(
     dataset_path: str | os.PathLike, embeddings_path: str | os.PathLike | None, domains: Sequence[str] = (),
-    min_items: int = 1, before_test: bool = False,
+    min_items: int = 1, seen_in: Sequence[str] = (),
 ) -> BuildInputs:
-    """Load the dataset (optionally only ``domains``; with ``before_test`` only the items of some train or valid row)
-    and, if given, its embeddings; validate both."""
+    """Load the dataset (optionally only ``domains``; with ``seen_in`` splits only the items of some row of them) and,
+    if given, its embeddings; validate both."""
     dataset = load_rec_dataset(dataset_path)
     all_ids = list(dataset.item_ids)
     check_item_ids(all_ids, f"{dataset_path}/items.parquet")
@@ -95,8 +95,8 @@ def load_build_inputs(
         if unknown:
             raise DataError(f"{dataset_path}: unknown domains {unknown}; the dataset has {sorted(set(item_domains))}")
         rows = np.flatnonzero(np.isin(item_domains, list(domains)))
-    if before_test:
-        seen = items_before_test(dataset)
+    if seen_in:
+        seen = items_of_splits(dataset, seen_in)
         rows = np.array([i for i in rows if all_ids[i] in seen], dtype=np.int64)
     item_ids = [all_ids[i] for i in rows]
     x, meta, sha = None, {}, None
@@ -111,10 +111,11 @@ def load_build_inputs(
     return BuildInputs(dataset, item_ids, rows, x, meta, sha)
 
 
-def items_before_test(dataset: RecDataset) -> set[str]:
-    """Items of some train or valid row (history or target): what was known before the test period began."""
+def items_of_splits(dataset: RecDataset, splits: Sequence[str]) -> set[str]:
+    """Items of some row (history or target) of ``splits``, e.g. (train, valid): what was known before the test
+    period began."""
     seen: set[str] = set()
-    for split in ("train", "valid"):
+    for split in splits:
         table = dataset.splits[split]
         for history, target in zip(table["history"], table["target"]):
             seen.update(history)
