@@ -106,7 +106,10 @@ def parse_payload(body: bytes, recommender: LoadedRecommender) -> Request:
     unknown = sorted(set(payload) - set(FIELDS))
     if unknown:
         raise UserError(f"unknown fields {unknown}; allowed: {list(FIELDS)}")
-    return recommender.resolve(**payload)
+    try:
+        return recommender.resolve(**payload)
+    except UserError as e:  # the CLI's messages name flags (--history: ...); here the fields are JSON keys
+        raise UserError(str(e)[2:] if str(e).startswith("--") else str(e)) from None
 
 
 def make_handler(recommender: LoadedRecommender, batcher: Batcher, quiet: bool = True, timeout_s: float = 120.0):
