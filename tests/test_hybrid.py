@@ -351,7 +351,7 @@ def cli(pipeline, out: Path, *extra: str) -> dict:
     (["--rerank_weights", "-0.1"], "outside \\[0, 1\\]"),
     (["--rerank_weights", "0.5", "0.5"], "repeat"),
     (["--rerank_candidates", "5"], "rerank_candidates: 5 is smaller than max\\(ks\\)=10"),
-    (["--generative_checkpoint", ""], "generative_checkpoint: methods generative / generative_rerank need"),
+    (["--generative_checkpoint", ""], "generative_checkpoint: methods generative / generative_rerank / generative_cold need"),
     (["--embeddings", "", "--rerank_scorer", "stars"], "embeddings: methods \\['stars'\\]|rerank_scorer 'stars' needs"),
     (["--embeddings", ""], "rerank_scorer 'sasrec_semantic' needs it"),  # the default scorer
     ([], "FITTED"),  # control: a valid config gets as far as fitting
