@@ -396,7 +396,8 @@ def main(argv: list[str] | None = None) -> None:
     if "report" in a.parts and "protocols" in result:
         from eval.published import published_table
 
-        pub = {m: v for m, v in published_table().items() if m in ("SASRec", "TIGER", "MiniOneRec")}
+        meta = json.loads((REPO / ART / "dataset" / "meta.json").read_text())
+        pub = {m: v for m, v in published_table(meta).items() if m in ("SASRec", "TIGER", "MiniOneRec")}
         print("\nall prior data (train windows + valid rows):\n" + markdown(result["protocols"]["all_prior"]))
         print("\npublished protocol (train windows only):\n" + markdown(result["protocols"]["published"], pub))
     print(f"wrote {out} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)

@@ -2,7 +2,9 @@
 
 The files are the MiniOneRec release files from ``../shared/datasets/amazon18`` gzipped deterministically
 (mtime 0, no file name in the header), byte for byte identical after decompression. ``SOURCE.json`` records the
-SHA-256 of every original file so a test can prove the published validation/test rows are untouched.
+SHA-256 of every original file so a test can prove the published validation/test rows are untouched. Each domain's
+``<domain>.published.json`` (published results on its test file, written by hand from the papers; see
+:mod:`data_builders.published`) is not in the release: a rebuild keeps the one already in ``dst``.
 
 Rebuild (only needed if the source changes)::
 
@@ -38,9 +40,13 @@ def gzip_deterministic(data: bytes) -> bytes:
 def pack_amazon18(src: Path, dst: Path) -> dict:
     """Gzip the release files of both domains from ``src`` into ``dst``; return the SOURCE.json content."""
     record = {"source": "MiniOneRec Amazon 2018 release (../shared/datasets/amazon18)", "files": {}}
+    kept = {domain: (dst / domain / f"{domain}.published.json").read_bytes() for domain in DOMAINS
+            if (dst / domain / f"{domain}.published.json").is_file()}
     with atomic_dir(dst) as tmp:
         for domain in DOMAINS:
             (tmp / domain).mkdir()
+            if domain in kept:
+                (tmp / domain / f"{domain}.published.json").write_bytes(kept[domain])
             for suffix in SUFFIXES:
                 original = src / domain / f"{domain}{suffix}"
                 data = original.read_bytes()

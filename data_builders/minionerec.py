@@ -10,6 +10,8 @@ Files for a domain ``<name>`` (each may be gzipped, ``.gz``):
 * ``<name>.train.csv`` — optional; used verbatim when present.
 * ``<name>.minionerec-sid.index.json`` or ``<name>.index.json`` — optional peer SIDs, copied into the dataset as
   ``sids.index.json``.
+* ``<name>.published.json`` — optional published results on this test file (:mod:`data_builders.published`),
+  recorded in the dataset's meta for the evaluation report.
 
 Validation and test rows are kept exactly (same rows, same order, same histories). When ``train.csv`` is absent the
 training split is rebuilt without leakage: for each user, the **earliest** row in valid (else test) has a history
@@ -27,6 +29,7 @@ from collections import Counter
 from pathlib import Path
 
 from data_builders.dataset import BuiltDataset, Item, Row, data_error
+from data_builders.published import read_published
 from data_builders.reading import (clean_list, clean_text, find_plain_or_gz, parse_literal_list, read_text,
                                    sha256_content)
 from data_builders.splits import sliding_windows
@@ -162,4 +165,7 @@ def import_minionerec(
         "train_split": how,
         "max_history_train": max_history,
     }
+    published = find_file(data_dir, name, ".published.json", required=False)
+    if published is not None:
+        source["published"] = read_published(published, source["files"][files["test"].name])
     return BuiltDataset(items=items, rows=[*train, *valid, *test], source=source, extra_files=extra)

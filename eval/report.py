@@ -18,7 +18,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from data_builders.cli import UserError, read_json_file  # noqa: E402
 from eval.evaluate import reference_k  # noqa: E402
-from eval.published import LABEL, SOURCE  # noqa: E402
 
 FORMAT = "genrec-eval/1"
 
@@ -88,9 +87,27 @@ def published_rows(metrics: dict, domain: str) -> list[str]:
     """The published models' rows for ``domain`` (only where the dataset's meta says the table applies); a column
     the table does not report (e.g. HR@1) shows "–"."""
     columns = report_columns(metrics["ks"])
-    return [f"| {model} ({LABEL}) | " + " | ".join(fmt(v.get(c)) for c in columns) + " | – | – | – | – |"
+    label = published_label(metrics, domain)
+    return [f"| {model} ({label}) | " + " | ".join(fmt(v.get(c)) for c in columns) + " | – | – | – | – |"
             for model, by_domain in metrics.get("published", {}).items()
             for v in [by_domain.get(domain)] if v is not None]
+
+
+def published_label(metrics: dict, domain: str) -> str:
+    """How ``domain``'s published rows are labelled (from the dataset's metadata); "published" when unstated."""
+    return ((metrics.get("published_sources") or {}).get(domain) or {}).get("label") or "published"
+
+
+def published_setup_lines(m: dict) -> list[str]:
+    """One line per domain whose published rows the report shows: where they come from and what trained them."""
+    sources = m.get("published_sources") or {}
+    domains = sorted({d for by_domain in m.get("published", {}).values() for d in by_domain})
+    if not domains:
+        return ["- No published rows: the dataset's metadata carries none (an importer records "
+                "`<domain>.published.json` from beside the test file; see data_builders/published.py)."]
+    return [f"- Published rows for {d}: {(sources.get(d) or {}).get('source') or 'source not recorded'}; "
+            f"labelled \"{published_label(m, d)}\"" + (f"; {sources[d]['protocol']}" if (sources.get(d) or {})
+                                                      .get("protocol") else "") + "." for d in domains]
 
 
 def results_table(metrics: dict, domain: str) -> str:
@@ -140,6 +157,16 @@ def slice_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def top_published(metrics: dict, domain: str, ks: tuple[int, ...], n: int = 3) -> list[tuple[str, dict]]:
+    """The ``n`` published models with the best HR@max(ks) on ``domain`` that report HR at every K of ``ks`` (the
+    evaluated Ks must include them too)."""
+    if not all(k in metrics["ks"] for k in ks):
+        return []
+    rows = [(model, by_domain[domain]) for model, by_domain in metrics.get("published", {}).items()
+            if domain in by_domain and all(f"hr@{k}" in by_domain[domain] for k in ks)]
+    return sorted(rows, key=lambda r: -r[1][f"hr@{max(ks)}"])[:n]
+
+
 def plot_hr_curves(metrics: dict, path: Path) -> None:
     """HR@K against K per method, one panel per domain; published HR@3/5/10 as hollow markers."""
     domains = domain_names(metrics)
@@ -148,16 +175,17 @@ def plot_hr_curves(metrics: dict, path: Path) -> None:
     for ax, dom in zip(axes[0], domains):
         for name in method_names(metrics):
             ax.plot(ks, [metrics["methods"][name][dom][f"hr@{k}"] for k in ks], marker="o", label=name)
-        for model, by_domain in metrics.get("published", {}).items():
-            if dom in by_domain and model in ("SASRec", "TIGER", "MiniOneRec") and all(k in ks for k in (3, 5, 10)):
-                ax.plot([3, 5, 10], [by_domain[dom][f"hr@{k}"] for k in (3, 5, 10)], linestyle="--",
-                        marker="s", markerfacecolor="none", alpha=0.6, label=f"{model} (published)")
+        for model, values in top_published(metrics, dom, (3, 5, 10)):
+            ax.plot([3, 5, 10], [values[f"hr@{k}"] for k in (3, 5, 10)], linestyle="--",
+                    marker="s", markerfacecolor="none", alpha=0.6, label=f"{model} (published)")
         ax.set(title=dom, xlabel="K", ylabel="HR@K", xticks=ks)
         ax.grid(alpha=0.3)
     handles = max((ax.get_legend_handles_labels() for ax in axes[0]), key=lambda hl: len(hl[1]))
     fig.legend(*handles, loc="lower center", ncol=min(len(handles[1]), 7), fontsize=8)
-    fig.suptitle(f"HR@K on {metrics['split']} rows" + (" (published: different training data)"
-                                                        if metrics.get("published") else ""), fontsize=10)
+    labels = sorted({published_label(metrics, d) for d in domains if any(d in v for v in
+                                                                        metrics.get("published", {}).values())})
+    fig.suptitle(f"HR@K on {metrics['split']} rows" + (f" (published rows: {'; '.join(labels)})" if labels else ""),
+                 fontsize=10)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -192,8 +220,8 @@ def setup_text(m: dict) -> str:
         f"({m['eval_rows']} rows{sample_note(m)}), full-catalogue ranking within the row's domain: {rule['same_domain']}.",
         f"- **Protocol: {protocol(m['train_splits'])}** — splits {m['train_splits']} = {m['train_rows']} rows.",
         *[f"- Data: {n}." for n in notes],
-        *([f"- The published models trained on the original ~36k/38k train rows only (published protocol); these "
-           f"on {m['train_rows']} rows ({protocol(m['train_splits'])})."] if published else []),
+        *([f"- Published models: trained as their protocol line below says; the rows above on {m['train_rows']} rows "
+           f"({protocol(m['train_splits'])})."] if published else []),
         *([f"- Rows marked `[{protocol_tag(s)}]` come from another run trained on {s} "
            f"({protocol(s)}): {', '.join(n for n, t in m['other_protocols'].items() if t == s)}."
            for s in unique_splits(m.get("other_protocols", {}))]),
@@ -202,8 +230,7 @@ def setup_text(m: dict) -> str:
         f"- History items excluded from recommendations: {rule['exclude_history']} (same rule for every method).",
         f"- {rule['ranking']}",
         f"- Averaging: {rule['averaging']}. Latency: {rule['latency']}.",
-        *([f"- Published rows: {SOURCE}; labelled \"{LABEL}\"."] if published else
-          ["- No published rows: the published table belongs to other data (see eval/published.py)."]),
+        *published_setup_lines(m),
     ])
 
 

@@ -23,7 +23,7 @@ from data_builders.cli import (UserError, check, check_choice, check_output_dir,
                                require_dir, require_file, run_cli)
 from data_builders.dataset import SPLITS, library_versions, load_rec_dataset, write_json
 from eval import evaluate as E
-from eval.published import dataset_notes, published_table
+from eval.published import dataset_notes, published_sources, published_table
 from eval.recommenders import (CandidateRule, Catalogue, PopularityRecommender, PredictionsRecommender, Recommender,
                                item_target_counts)
 from eval.report import FORMAT, load_metrics, protocol_tag, write_report
@@ -659,7 +659,8 @@ def run_eval(argv: list[str] | None = None) -> dict:
         "eval_rows": len(rows.queries), "split_rows": len(dataset.splits[a.split]), "train_splits": a.train_splits,
         "train_rows": len(train_rows), "ks": a.ks, "rules": rules_text(a), "history_len": a.history_len,
         "dataset_max_history": (dataset.meta.get("config") or {}).get("max_history"),
-        "published": published_table(dataset.meta), "dataset_notes": dataset_notes(dataset.meta),
+        "published": published_table(dataset.meta), "published_sources": published_sources(dataset.meta),
+        "dataset_notes": dataset_notes(dataset.meta),
         "command": "python -m eval.run " + shlex.join(argv), "seeds": {"seed": a.seed},
         "dataset_command": dataset.meta.get("command", ""),
         "config": asdict(a), "versions": library_versions(),

@@ -13,7 +13,7 @@ import torch
 
 from data_builders.dataset import load_rec_dataset
 from eval import run
-from eval.published import published_domains, published_table
+from eval.published import published_domains, published_sources, published_table
 from tests.test_eval import TINY_CONFIG, write_tiny
 
 
@@ -203,20 +203,20 @@ def test_a_late_failure_keeps_the_finished_methods(tiny, tmp_path, monkeypatch):
     assert 0 <= partial["methods"]["popularity"]["all"]["hr@10"] <= 1
 
 
-def test_published_rows_only_for_the_published_test_files(tiny):
-    """Item 10: the Amazon-2018 table belongs to MiniOneRec's exact test files, not to any dataset."""
+def test_published_rows_only_where_the_dataset_metadata_carries_them(tiny):
+    """Published rows come from the dataset's meta (``source.published``, per part of a merged dataset), never from a
+    table inside the evaluation code."""
     meta = load_rec_dataset(tiny[0]).meta
     assert published_domains(meta) == [] and published_table(meta) == {}
-    real = Path(__file__).resolve().parent.parent / "artifacts" / "amazon18" / "dataset" / "meta.json"
+    record = {"source": "a paper", "label": "published, other rows", "protocol": "their train split",
+              "test_file_sha256": "c" * 64, "models": {"SASRec": {"hr@10": 0.11, "ndcg@10": 0.08}}}
     fake = {"source": {"format": "merged", "parts": [
-        {"format": "minionerec", "name": "Office_Products",
-         "files": {"Office_Products.test.csv.gz": "c1967034e197a7837a8962f2556efaabc12eb5bb84e1fdc79cd0accbce71add5"}},
+        {"format": "minionerec", "name": "Office_Products", "published": record},
         {"format": "minionerec", "name": "Industrial_and_Scientific", "files": {"x.test.csv": "f" * 64}},
     ]}}
     assert published_domains(fake) == ["Office_Products"]
-    assert set(published_table(fake)["SASRec"]) == {"Office_Products"}
-    if real.exists():
-        assert published_domains(json.loads(real.read_text())) == ["Industrial_and_Scientific", "Office_Products"]
+    assert published_table(fake) == {"SASRec": {"Office_Products": {"hr@10": 0.11, "ndcg@10": 0.08}}}
+    assert published_sources(fake)["Office_Products"]["label"] == "published, other rows"
 
 
 def test_history_len_defaults_to_the_dataset_and_reaches_the_models(tmp_path):
