@@ -53,12 +53,30 @@ def load_base(spec: str, mode: str, num_layers: int | None = None, compute_dtype
                                bnb_4bit_compute_dtype=compute_dtype)
     model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, dtype=compute_dtype,
                                                  local_files_only=not allow_download)
+    keep_plain_4bit_layout_where_unpackable(model)
     tok = AutoTokenizer.from_pretrained(path, local_files_only=not allow_download)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if num_layers is not None:
         truncate_layers(model, num_layers)
     return model, tok
+
+
+def keep_plain_4bit_layout_where_unpackable(model, block_n: int = 32) -> int:
+    """On a CPU with AVX512-BF16, bitsandbytes repacks each 4-bit weight for its CPU kernel at the first eval-mode
+    forward; the repacking needs ``in_features`` to be a multiple of the quantisation block size and ``out_features``
+    of ``block_n`` and crashes otherwise (``shape '[32, 0]' is invalid``: small hidden sizes). Those layers keep the
+    plain layout (same results, the generic kernel). Returns how many layers were switched."""
+    import bitsandbytes as bnb
+
+    switched = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and getattr(module, "support_avx512bf16_for_cpu", False):
+            blocksize = getattr(module.weight.quant_state, "blocksize", 64) or 64
+            if module.in_features % blocksize or module.in_features < blocksize or module.out_features % block_n:
+                module.support_avx512bf16_for_cpu = False
+                switched += 1
+    return switched
 
 
 def lora_config(model, r: int, alpha: int, dropout: float, target_modules: list[str] | None,

@@ -255,3 +255,17 @@ def test_max_length_cuts_and_drops_are_reported(caplog):
     caplog.clear()
     check_truncation(trainer, 3, 11, None)
     assert not caplog.text
+
+
+def test_unpackable_4bit_layers_keep_the_plain_cpu_layout():
+    """bitsandbytes' AVX512-BF16 CPU repacking crashes on layers narrower than a quantisation block (tiny models on
+    such CPUs): those layers are switched to the plain layout, packable ones keep the fast kernel."""
+    import bitsandbytes as bnb
+
+    from sft.modeling import keep_plain_4bit_layout_where_unpackable
+
+    model = torch.nn.Sequential(bnb.nn.Linear4bit(32, 16), bnb.nn.Linear4bit(128, 64))
+    for layer in model:
+        layer.support_avx512bf16_for_cpu = True
+    assert keep_plain_4bit_layout_where_unpackable(model) == 1
+    assert [layer.support_avx512bf16_for_cpu for layer in model] == [False, True]
