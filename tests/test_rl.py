@@ -275,7 +275,7 @@ def _same_logits(a, b, tok):
 @pytest.mark.parametrize("script", ["grpo", "dpo"])
 @pytest.mark.parametrize("which", ["scratch", "lora"])
 def test_entry_point_trains_saves_and_reloads_to_identical_logits(pipeline, tmp_path, script, which):
-    from eval.generative import GenerativeRecommender
+    from eval.models.generative import GenerativeRecommender
     from eval.recommenders import Query
     from data_builders.dataset import load_rec_dataset
 
