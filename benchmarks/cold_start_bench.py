@@ -81,7 +81,16 @@ def main() -> None:
     if not (REPO / final / "metrics.json").exists():  # the chosen (p, c) on test, beside step 4's rows
         chosen = json.loads((REPO / ART / "eval_cold_valid" / "metrics.json").read_text()) \
             if (REPO / ART / "eval_cold_valid" / "metrics.json").exists() else None
-        if chosen is None:
+        if chosen is None:  # the same steps one period earlier: SIDs and model of train rows only
+            if not (REPO / ART / "sids_cold_valid" / "meta.json").exists():
+                sh([py, "-m", "tokenization.build", "--config", "configs/tokenization/amazon18_cold_valid.yaml"])
+            if not (REPO / ART / "sft_cold_valid" / "genrec_sft.json").exists():
+                sh([str(Path(py).parent / "accelerate"), "launch", "--config_file", "accelerate_config.yaml",
+                    "sft/train.py", "--config", "configs/sft/scratch.yaml", "--sid_dir", str(ART / "sids_cold_valid"),
+                    "--train_splits", "train", "--max_steps", "1800", "--output_dir", str(ART / "sft_cold_valid")])
+            if not (REPO / ART / "sids_cold_valid_v2" / "meta.json").exists():
+                sh([py, "-m", "tokenization.add_items", "--sids", str(ART / "sids_cold_valid"), "--out",
+                    str(ART / "sids_cold_valid_v2")])
             sh([py, "-m", "eval.run", "--config", "configs/eval/amazon18_cold_valid.yaml"])
         p, c = choose(json.loads((REPO / ART / "eval_cold_valid" / "metrics.json").read_text()))
         sh([py, "-m", "eval.run", "--config", "configs/eval/amazon18_cold.yaml", "--methods", "generative_cold",
@@ -108,8 +117,8 @@ def main() -> None:
         "new_target_rows": rows["generative"]["new_target_rows"], "test_rows": cold["methods"]["generative"]["all"]
         ["rows"],
         "add_items": {k: v2["added_items"][k] for k in ("added", "left_nearest_last_code", "seconds")},
-        "selection": {"protocol": "valid rows, model + SIDs from train rows only (configs/eval/amazon18_cold_valid"
-                                  ".yaml); the best (p, c) by valid NDCG@10 over all rows",
+        "selection": {"protocol": "valid rows (a seeded sample of 3,000), model + SIDs from train rows only "
+                                  "(configs/eval/amazon18_cold_valid.yaml); the best (p, c) by valid NDCG@10",
                       "chosen": dict(zip(("prefix_levels", "offset"), choose(valid))),
                       "valid": rows_of(valid)},
         "methods": rows,
