@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def checkpoint_curves(checkpoint: str | Path, max_depth: int = 4) -> list[dict]:
         if (path / "metrics.jsonl").is_file():
             series = read_log(path / "metrics.jsonl")
             if series:
-                out.append({"checkpoint": str(path), "stage": meta.get("stage") or "sft", "series": series})
+                out.append({"checkpoint": os.path.normpath(path), "stage": meta.get("stage") or "sft", "series": series})
         parent = meta.get("parent_checkpoint")
         if not parent:
             break
