@@ -138,7 +138,7 @@ def chosen_recipe(records: list[dict]) -> dict:
     return summarise(records)[0]
 
 
-# The hybrid's candidates: the top 20 beams joined by the scorer's own top 50 (eval/hybrid.py, union). Beam width for
+# The hybrid's candidates: the top 20 beams joined by the scorer's own top 50 (eval/models/hybrid.py, union). Beam width for
 # the pure row stays 10: on valid the generative order of 50 beams scored like 10 beams (hybrid_valid, w = 1).
 HYBRID_ARGS = ["--rerank_candidates", "20", "--rerank_scorer_candidates", "50"]
 NUM_BEAMS = 10

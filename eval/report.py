@@ -250,12 +250,24 @@ def unique_splits(by_method: dict[str, list[str]]) -> list[list[str]]:
 
 
 def write_report(metrics: dict, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``report.md``, ``hr_at_k.png`` and ``slices.png`` into ``out_dir``; return their paths."""
+    """Write ``report.md``, ``hr_at_k.png``, ``slices.png`` and, when generative rows carry them, ``training_curves.png``
+    and ``sid_quality.png`` into ``out_dir``; return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"report": out / "report.md", "hr_curve": out / "hr_at_k.png", "slices": out / "slices.png"}
     plot_hr_curves(metrics, paths["hr_curve"])
     plot_slices(metrics, paths["slices"])
+    stages, sids = training_stages(metrics), sid_reports(metrics)
+    made = []  # how the generative rows were made, when the run has any
+    if stages:
+        paths["training_curves"] = out / "training_curves.png"
+        plot_training_curves(stages, paths["training_curves"])
+        made += ["## Training curves (generative rows)", "", curves_table(stages), "",
+                 "![training curves](training_curves.png)", ""]
+    if sids:
+        paths["sid_quality"] = out / "sid_quality.png"
+        plot_sid_quality(sids, paths["sid_quality"])
+        made += ["## SID quality", "", sid_table(sids), "", "![SID quality](sid_quality.png)", ""]
     parts = [f"# Evaluation on {metrics['split']} rows — {protocol(metrics['train_splits'])}", "",
              setup_text(metrics), ""]
     for dom in domain_names(metrics):
@@ -264,7 +276,7 @@ def write_report(metrics: dict, out_dir: str | Path) -> dict[str, Path]:
         parts += [f"## Recall@10 / @{max(metrics['ks'])} and NDCG@10 per domain", "", recall_table(metrics), ""]
     parts += ["## Per-row vs per-user averaging", "", per_user_table(metrics), "",
               "## HR@10 by slice", "", slice_table(metrics), "",
-              "## Training", "", training_table(metrics), "",
+              "## Training", "", training_table(metrics), "", *made,
               "## Plots", "", "![HR@K](hr_at_k.png)", "", "![slices](slices.png)", "",
               "## Reproduce", "", "```", *([metrics["dataset_command"]] if metrics.get("dataset_command") else []),
               metrics["command"], "```", "",
@@ -319,3 +331,112 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# --- how the generative rows were made: training curves and SID quality ---------------------------------------------
+
+LOSS_KEYS = ("loss", "eval_loss")
+VALID_KEYS = ("eval_ndcg@10", "valid_ndcg@10")
+
+
+def training_stages(metrics: dict) -> list[dict]:
+    """Every training stage behind the report's rows, once each, first stage first: ``{"checkpoint", "stage",
+    "series", "methods"}`` (``methods``: the rows that decode that checkpoint or one trained from it)."""
+    stages: dict[str, dict] = {}
+    for name in method_names(metrics):
+        for stage in (metrics["training"].get(name) or {}).get("curves") or []:
+            entry = stages.setdefault(stage["checkpoint"], {**stage, "methods": []})
+            entry["methods"].append(name)
+    return list(stages.values())
+
+
+def stage_label(stage: dict) -> str:
+    return f"{stage['stage'].upper() if stage['stage'] == 'sft' else 'RL ' + stage['stage']} ({Path(stage['checkpoint']).name})"
+
+
+def curves_table(stages: list[dict]) -> str:
+    """Per stage: steps, train loss first → last, the best valid NDCG@10 and its step, the last RL signals."""
+    lines = ["| stage | rows | steps | train loss first → last | best valid NDCG@10 (step) | last reward / KL / "
+             "margin |", "|---|---|---|---|---|---|"]
+    for st in stages:
+        s = st["series"]
+        loss = s.get("loss") or []
+        valid = next((s[k] for k in VALID_KEYS if s.get(k)), [])
+        best = max(valid, key=lambda p: p[1]) if valid else None
+        steps = max((p[0] for series in s.values() for p in series), default=0)
+        rl = [fmt(s[k][-1][1], 3) if s.get(k) else "–" for k in ("reward", "kl", "rewards/margins")]
+        lines.append(f"| {stage_label(st)} | {', '.join(st['methods'])} | {int(steps)} | "
+                     + (f"{fmt(loss[0][1], 3)} → {fmt(loss[-1][1], 3)}" if loss else "–") + " | "
+                     + (f"{fmt(best[1])} ({int(best[0])})" if best else "–") + f" | {' / '.join(rl)} |")
+    return "\n".join(lines)
+
+
+def plot_training_curves(stages: list[dict], path: Path) -> None:
+    """One column per stage: losses; RL signals (reward, KL, DPO's implicit rewards and margin); valid NDCG@10."""
+    from eval.curves import SERIES
+
+    fig, axes = plt.subplots(3, len(stages), figsize=(4.8 * len(stages), 8), squeeze=False)
+    for col, st in zip(axes.T, stages):
+        s = st["series"]
+        groups = (LOSS_KEYS, tuple(k for k in SERIES if k not in LOSS_KEYS + VALID_KEYS), VALID_KEYS)
+        for ax, keys, ylabel in zip(col, groups, ("loss", "RL signal", "valid NDCG@10")):
+            drawn = [k for k in keys if s.get(k)]
+            for k in drawn:
+                ax.plot([p[0] for p in s[k]], [p[1] for p in s[k]], marker="o" if len(s[k]) < 30 else None,
+                        markersize=3, label=SERIES[k])
+            if drawn:
+                ax.legend(fontsize=7)
+                ax.grid(alpha=0.3)
+                ax.set(ylabel=ylabel, xlabel="step")
+            else:
+                ax.axis("off")
+        col[0].set_title(stage_label(st), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def sid_reports(metrics: dict) -> list[dict]:
+    """The SID artifacts behind the generative rows, once each: the quality summary plus the rows using it."""
+    out: dict[str, dict] = {}
+    for name in method_names(metrics):
+        q = (metrics["training"].get(name) or {}).get("sid_quality")
+        if q:
+            out.setdefault(q["sid_dir"], {**q, "methods": []})["methods"].append(name)
+    return list(out.values())
+
+
+def sid_table(reports: list[dict]) -> str:
+    """Per artifact and level: utilisation (codes used / codebook size), entropy / max (bits), Gini, top-k share; collision rate."""
+    lines = ["| SIDs | rows | items | level | utilisation | entropy / max bits | Gini | top-k share | collisions "
+             "before → after |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in reports:
+        before, after = r.get("collisions_before") or {}, r.get("collisions_after") or {}
+        coll = f"{fmt(before.get('collision_rate'), 3)} → {fmt(after.get('collision_rate'), 3)}"
+        for i, level in enumerate(r["levels"]):
+            lines.append(f"| {Path(r['sid_dir']).name if i == 0 else ''} | {', '.join(r['methods']) if i == 0 else ''}"
+                         f" | {r['n_items'] if i == 0 else ''} | {i + 1} | {fmt(level.get('utilization'), 3)} | "
+                         f"{fmt(level.get('entropy'), 2)} / {fmt(level.get('max_entropy'), 2)} | "
+                         f"{fmt(level.get('gini'), 3)} | {fmt(level.get('top_k_share'), 3)} | "
+                         f"{coll if i == 0 else ''} |")
+    return "\n".join(lines)
+
+
+def plot_sid_quality(reports: list[dict], path: Path) -> None:
+    """Per level and artifact: codebook utilisation and normalised entropy (1 = uniform code use)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    width = 0.8 / max(len(reports), 1)
+    for j, r in enumerate(reports):
+        x = [i + j * width for i in range(len(r["levels"]))]
+        axes[0].bar(x, [lv.get("utilization", 0) for lv in r["levels"]], width, label=Path(r["sid_dir"]).name)
+        axes[1].bar(x, [lv["entropy"] / lv["max_entropy"] if lv.get("max_entropy") else 0 for lv in r["levels"]],
+                    width, label=Path(r["sid_dir"]).name)
+    levels = max(len(r["levels"]) for r in reports)
+    for ax, title in zip(axes, ("codebook utilisation", "entropy / maximum")):
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(levels)], [f"level {i + 1}" for i in range(levels)])
+        ax.set(ylim=(0, 1.05), title=title)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

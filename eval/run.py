@@ -90,7 +90,7 @@ class EvalArgs:
     stars_user_token: bool = True
     stars_pop_prior: bool = True
     stars_time_budget_minutes: float = 0.0  # > 0: stop after the epoch that passes it
-    # Generative model (method `generative`, eval/generative.py): an SFT/RL checkpoint decoded with the trie.
+    # Generative model (method `generative`, eval/models/generative.py): an SFT/RL checkpoint decoded with the trie.
     generative_checkpoint: str = ""
     # The same model after RL (method `generative_rl`, an rl/grpo.py or rl/dpo.py output): decoded the same way, so
     # the report has the SFT row and the SFT+RL row on the same rows.
@@ -99,12 +99,12 @@ class EvalArgs:
     # "" = the SIDs the checkpoint trained with; else a newer version of them with items added since training
     # (python -m tokenization.add_items): the model decodes over the larger catalogue (`generative`, `generative_rl`)
     generative_sid_dir: str = ""
-    # Method `generative_cold` (eval/cold_start.py): the items generative_sid_dir adds, merged with the beams by
+    # Method `generative_cold` (eval/models/cold_start.py): the items generative_sid_dir adds, merged with the beams by
     # log P(first p SID levels) + c; several values give one row per (p, c) (choose on valid)
     cold_prefix_levels: list[int] = field(default_factory=lambda: [2])
     cold_offsets: list[float] = field(default_factory=lambda: [-4.0])
     generative_batch_size: int = 16
-    # Generative candidates re-ranked (method `generative_rerank`, eval/hybrid.py): the top rerank_candidates items
+    # Generative candidates re-ranked (method `generative_rerank`, eval/models/hybrid.py): the top rerank_candidates items
     # of the beam search, fused w * z(log-prob) + (1 - w) * z(scorer score); several weights = one row per weight.
     rerank_scorer: str = "sasrec_semantic"  # sasrec | sasrec_semantic | stars | mini_xpert (their settings above)
     rerank_candidates: int = 50
@@ -149,7 +149,7 @@ def history_kw(a: EvalArgs) -> dict:
 
 
 def sasrec_config(a: EvalArgs, semantic: bool):
-    from eval.sasrec import SASRecConfig
+    from eval.models.sasrec import SASRecConfig
 
     cfg = SASRecConfig(dim=a.sasrec_dim, layers=a.sasrec_layers, heads=a.sasrec_heads, dropout=a.sasrec_dropout,
                        positions=a.sasrec_positions, norm=a.sasrec_norm, loss=a.sasrec_loss,
@@ -165,14 +165,14 @@ def sasrec_config(a: EvalArgs, semantic: bool):
 
 
 def build_sasrec(a: EvalArgs, rule: CandidateRule, semantic: bool) -> list[Recommender]:
-    from eval.sasrec import SASRecRecommender
+    from eval.models.sasrec import SASRecRecommender
 
     name = "sasrec_semantic" if semantic else "sasrec"
     return [SASRecRecommender(sasrec_config(a, semantic), rule, name=name, tie_seed=a.seed)]
 
 
 def build_stars(a: EvalArgs, rule: CandidateRule) -> list[Recommender]:
-    from eval.stars import STARSConfig, STARSRecommender
+    from eval.models.stars import STARSConfig, STARSRecommender
 
     cfg = STARSConfig(dim=a.stars_dim, layers=a.stars_layers, heads=a.stars_heads, dropout=a.stars_dropout,
                       tags=a.stars_tags, user_token=a.stars_user_token, pop_prior=a.stars_pop_prior,
@@ -193,7 +193,7 @@ def build_predictions(a: EvalArgs, rule: CandidateRule) -> list[Recommender]:
 
 
 def build_generative(a: EvalArgs, rule: CandidateRule) -> list[Recommender]:
-    from eval.generative import GenerativeRecommender
+    from eval.models.generative import GenerativeRecommender
 
     if not a.generative_checkpoint:
         raise ValueError("method `generative` needs generative_checkpoint (a directory written by sft/train.py)")
@@ -211,7 +211,7 @@ RERANK_SCORERS: dict[str, Callable[[EvalArgs, CandidateRule], list[Recommender]]
 
 
 def build_generative_rl(a: EvalArgs, rule: CandidateRule) -> list[Recommender]:
-    from eval.generative import GenerativeRecommender
+    from eval.models.generative import GenerativeRecommender
 
     return [GenerativeRecommender(a.generative_rl_checkpoint, name="generative_rl",
                                   num_beams=a.generative_num_beams or None, batch_size=a.generative_batch_size,
@@ -219,7 +219,7 @@ def build_generative_rl(a: EvalArgs, rule: CandidateRule) -> list[Recommender]:
 
 
 def build_generative_cold(a: EvalArgs, rule: CandidateRule) -> list[Recommender]:
-    from eval.cold_start import ColdStartRecommender
+    from eval.models.cold_start import ColdStartRecommender
 
     check(a.generative_sid_dir, "generative_sid_dir", "method generative_cold needs the extended SID artifact "
                                                       "(python -m tokenization.add_items)")
@@ -231,7 +231,7 @@ def build_generative_cold(a: EvalArgs, rule: CandidateRule) -> list[Recommender]
 
 
 def build_generative_rerank(a: EvalArgs, rule: CandidateRule) -> list[Recommender]:
-    from eval.hybrid import GenerativeRerankRecommender
+    from eval.models.hybrid import GenerativeRerankRecommender
 
     (generative,) = build_generative(a, rule)
     (scorer,) = RERANK_SCORERS[a.rerank_scorer](a, rule)  # a second instance when the method runs standalone too
@@ -240,7 +240,7 @@ def build_generative_rerank(a: EvalArgs, rule: CandidateRule) -> list[Recommende
 
 
 def check_rerank_args(a: EvalArgs) -> None:
-    from eval.hybrid import check_weights
+    from eval.models.hybrid import check_weights
 
     check_choice("rerank_scorer", a.rerank_scorer, sorted(RERANK_SCORERS))
     try:

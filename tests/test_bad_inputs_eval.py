@@ -190,7 +190,7 @@ def test_any_ks_list_writes_metrics_and_report(tiny, tmp_path, ks):
 
 def test_a_late_failure_keeps_the_finished_methods(tiny, tmp_path, monkeypatch):
     """Item 9: every finished method is on disk before the next one starts."""
-    from eval.sasrec import SASRecRecommender
+    from eval.models.sasrec import SASRecRecommender
 
     def broken(*a, **k):
         raise RuntimeError("a bug in the second method")

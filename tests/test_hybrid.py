@@ -1,4 +1,4 @@
-"""eval/hybrid.py (method generative_rerank): the fusion against a hand computation, w = 1 / w = 0, one decode per
+"""eval/models/hybrid.py (method generative_rerank): the fusion against a hand computation, w = 1 / w = 0, one decode per
 weight sweep, score_items = the scorers' own ranking, config errors before any fit, and eval.run end to end on a tiny
 scratch checkpoint."""
 
@@ -13,7 +13,7 @@ import torch
 
 from data_builders.dataset import load_rec_dataset
 from eval import run
-from eval.hybrid import GenerativeRerankRecommender, WeightRow, fused_scores, zscore
+from eval.models.hybrid import GenerativeRerankRecommender, WeightRow, fused_scores, zscore
 from eval.recommenders import CandidateRule, Query
 
 REPO = Path(__file__).resolve().parent.parent
@@ -261,7 +261,7 @@ def scratch_pipeline(root: Path) -> tuple[Path, Path, Path]:
 
 
 def test_rerank_of_a_real_checkpoint_stays_among_its_candidates(pipeline):
-    from eval.generative import GenerativeRecommender
+    from eval.models.generative import GenerativeRecommender
 
     dataset_dir, _, ckpt = pipeline
     dataset = load_rec_dataset(dataset_dir)
@@ -289,7 +289,7 @@ def test_rerank_of_a_real_checkpoint_stays_among_its_candidates(pipeline):
 
 
 def test_generative_score_items_equals_the_beam_scores_and_a_full_forward(pipeline):
-    from eval.generative import GenerativeRecommender
+    from eval.models.generative import GenerativeRecommender
     from rl.rollouts import completion_logprobs
 
     dataset_dir, _, ckpt = pipeline
@@ -321,7 +321,7 @@ def test_generative_score_items_equals_the_beam_scores_and_a_full_forward(pipeli
 
 
 def test_union_rerank_of_a_real_checkpoint_at_weight_zero_is_the_scorer(pipeline):
-    from eval.generative import GenerativeRecommender
+    from eval.models.generative import GenerativeRecommender
 
     dataset_dir, _, ckpt = pipeline
     dataset = load_rec_dataset(dataset_dir)
@@ -357,9 +357,9 @@ def cli(pipeline, out: Path, *extra: str) -> dict:
     ([], "FITTED"),  # control: a valid config gets as far as fitting
 ])
 def test_config_errors_come_before_any_fit(pipeline, tmp_path, monkeypatch, args, message):
-    from eval.generative import GenerativeRecommender
+    from eval.models.generative import GenerativeRecommender
     from eval.recommenders import PopularityRecommender
-    from eval.sasrec import SASRecRecommender
+    from eval.models.sasrec import SASRecRecommender
 
     def fitted(*a, **k):
         raise RuntimeError("FITTED")

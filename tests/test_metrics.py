@@ -132,8 +132,8 @@ def constant_models(dataset, train_rows):
     """Real methods made to score every item the same: popularity without training targets, SASRec / STARS /
     the bi-encoder with an all-zero query vector (so every inner product is exactly 0)."""
     from eval.dense.recommenders import DenseConfig, DenseRecommender
-    from eval.sasrec import SASRecConfig, SASRecRecommender
-    from eval.stars import STARSConfig, STARSRecommender
+    from eval.models.sasrec import SASRecConfig, SASRecRecommender
+    from eval.models.stars import STARSConfig, STARSRecommender
 
     emb = np.random.default_rng(0).normal(size=(len(dataset.item_ids), 8)).astype(np.float32)
     fast = dict(dim=16, heads=2, dropout=0.0, epochs=1, batch_size=32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -275,7 +276,7 @@ def _same_logits(a, b, tok):
 @pytest.mark.parametrize("script", ["grpo", "dpo"])
 @pytest.mark.parametrize("which", ["scratch", "lora"])
 def test_entry_point_trains_saves_and_reloads_to_identical_logits(pipeline, tmp_path, script, which):
-    from eval.generative import GenerativeRecommender
+    from eval.models.generative import GenerativeRecommender
     from eval.recommenders import Query
     from data_builders.dataset import load_rec_dataset
 
@@ -395,7 +396,14 @@ def test_eval_reports_the_sft_and_the_rl_row_on_the_same_rows(pipeline, tmp_path
     assert metrics["method_order"] == ["generative", "generative_rl"]
     sft, rl = metrics["methods"]["generative"]["all"], metrics["methods"]["generative_rl"]["all"]
     assert sft["rows"] == rl["rows"] > 0 and rl["invalid_rate"] == 0.0
-    assert "generative_rl" in (tmp_path / "eval" / "report.md").read_text()
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "generative_rl" in report
+    # the report shows how each row was made: the RL row's curves are its SFT parent's, then its own (GRPO reward)
+    stages = [(Path(s["checkpoint"]), s["stage"]) for s in metrics["training"]["generative_rl"]["curves"]]
+    assert stages == [(Path(pipeline["scratch"]), "sft"), (rl_dir, "grpo")]
+    grpo = metrics["training"]["generative_rl"]["curves"][1]["series"]
+    assert "reward" in grpo and "loss" in metrics["training"]["generative"]["curves"][0]["series"]
+    assert "## Training curves (generative rows)" in report and (tmp_path / "eval" / "training_curves.png").stat().st_size
 
 
 def test_validation_rows_leave_out_the_rows_the_parent_was_selected_on(pipeline):

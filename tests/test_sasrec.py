@@ -10,8 +10,8 @@ import torch
 
 from eval.metrics import hit_rate, pessimistic_rank, target_ranks
 from eval.recommenders import CandidateRule, Query
-from eval.sasrec import SASRec, SASRecConfig, SASRecRecommender, apply_rope, rope_tables, semantic_init
-from eval.training import encode_histories, shifted_examples
+from eval.models.sasrec import SASRec, SASRecConfig, SASRecRecommender, apply_rope, rope_tables, semantic_init
+from eval.models.training import encode_histories, shifted_examples
 
 N_ITEMS = 24
 

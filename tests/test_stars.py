@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from eval.recommenders import CandidateRule, Query
-from eval.stars import STARSConfig, STARSRecommender, item_tags, user_token_mask
+from eval.models.stars import STARSConfig, STARSRecommender, item_tags, user_token_mask
 from test_sasrec import fake_dataset, hr_at_1, queries_of, successor_task
 
 FAST = dict(dim=32, heads=2, dropout=0.0, epochs=6, batch_size=32, lr=5.0e-3)

@@ -1,6 +1,6 @@
 """Generative retrieval, then re-ranking (LIGER / SpecGR style): method ``generative_rerank``.
 
-For a query q the generative model's trie beam search (eval/generative.py; one decode with
+For a query q the generative model's trie beam search (eval/models/generative.py; one decode with
 ``num_beams = max(num_candidates, k)``, capped at the smallest domain of the batch) gives the candidates c_1..c_N,
 best first, with ``g_i = log P(SID(c_i), EOS | prompt(q))``. A trained scorer of this stack gives
 ``s_i = score_items(q, c_i)``, the score it ranks by itself (SASRec h_last · e_i, STARS [h, −α] · [e_i, log p̃_i],
@@ -89,7 +89,7 @@ class Candidates:
 class GenerativeRerankRecommender:
     """Top-N generative candidates re-ranked by the fusion in the module docstring.
 
-    ``generative``: a :class:`~eval.generative.GenerativeRecommender` (or anything with ``fit`` and
+    ``generative``: a :class:`~eval.models.generative.GenerativeRecommender` (or anything with ``fit`` and
     ``recommend_scored(queries, k, num_beams) -> (items, scores)``); ``scorer``: anything with ``fit`` and
     ``score_items``. ``weights``: one weight w in [0, 1] (this object is the row ``name``) or several (``rows()``
     gives one row per weight, ``name[w=…]``, sharing the fit, the decode and the scorer pass).

@@ -49,6 +49,18 @@ class GenerativeRecommender:
             self.new_items = tuple(newer.item_ids[len(artifact.item_ids):])
             artifact = newer
         self.catalogue = Catalogue.from_artifact(artifact, dataset)
+        self.train_log = self.provenance(meta)
+
+    def provenance(self, meta: dict) -> dict:
+        """What the report shows beside the row: the checkpoint, its training curves (SFT, then RL) and the quality
+        of the SIDs it decodes (:mod:`eval.curves`)."""
+        from eval.curves import checkpoint_curves, sid_quality
+
+        sids = self.sid_dir or meta.get("sid_dir") or ""
+        quality = (sid_quality(sids) if sids else None) or (sid_quality(meta["sid_dir"]) if meta.get("sid_dir")
+                                                             else None)
+        return {"checkpoint": str(self.checkpoint), "stage": meta.get("stage") or "sft",
+                "curves": checkpoint_curves(self.checkpoint), "sid_quality": quality}
 
     def recommend(self, queries: Sequence[Query], k: int) -> list[list[str]]:
         return self.recommend_scored(queries, k)[0]

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from eval.recommenders import CandidateRule, Catalogue, Query, inner_product_scores
-from eval.training import (PAD, DomainSoftmax, TrainSettings, encode_histories, recommend_from_vectors,
+from eval.models.training import (PAD, DomainSoftmax, TrainSettings, encode_histories, recommend_from_vectors,
                            seed_everything, shifted_examples, train_loop, trim_padding)
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class SASRecConfig:
     lr: float = 1.0e-3
     weight_decay: float = 0.0
     seed: int = 0
-    time_budget_minutes: float = 0.0  # > 0: stop after the epoch that passes it (eval/training.py)
+    time_budget_minutes: float = 0.0  # > 0: stop after the epoch that passes it (eval/models/training.py)
 
     def __post_init__(self) -> None:
         choices = {"positions": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"),

@@ -29,8 +29,8 @@ from torch import nn
 
 from eval.recommenders import (CandidateRule, Catalogue, Query, RankedList, apply_rule, inner_product_scores,
                                item_target_counts)
-from eval.sasrec import Block, SASRecConfig
-from eval.training import (PAD, DomainSoftmax, TrainSettings, encode_histories, seed_everything, train_loop,
+from eval.models.sasrec import Block, SASRecConfig
+from eval.models.training import (PAD, DomainSoftmax, TrainSettings, encode_histories, seed_everything, train_loop,
                            trim_padding)
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class STARSConfig:
     lr: float = 1.0e-3
     weight_decay: float = 0.0
     seed: int = 0
-    time_budget_minutes: float = 0.0  # > 0: stop after the epoch that passes it (eval/training.py)
+    time_budget_minutes: float = 0.0  # > 0: stop after the epoch that passes it (eval/models/training.py)
 
 
 def item_tags(brands: Sequence[str], categories: Sequence[Sequence[str]],
