@@ -27,8 +27,8 @@ import numpy as np
 from decoding.catalogue import Catalogue
 
 # Chosen on valid (benchmarks/results/cold_start.json "chosen"): the defaults of python -m decoding.recommend / serve
-DEFAULT_PREFIX_LEVELS = 2
-DEFAULT_OFFSET = -4.0
+DEFAULT_PREFIX_LEVELS = 3  # chosen on valid (benchmarks/results/cold_start.json: best valid NDCG@10)
+DEFAULT_OFFSET = -2.0
 
 
 @dataclass(frozen=True)

@@ -101,8 +101,8 @@ class EvalArgs:
     generative_sid_dir: str = ""
     # Method `generative_cold` (eval/models/cold_start.py): the items generative_sid_dir adds, merged with the beams by
     # log P(first p SID levels) + c; several values give one row per (p, c) (choose on valid)
-    cold_prefix_levels: list[int] = field(default_factory=lambda: [2])
-    cold_offsets: list[float] = field(default_factory=lambda: [-4.0])
+    cold_prefix_levels: list[int] = field(default_factory=lambda: [3])
+    cold_offsets: list[float] = field(default_factory=lambda: [-2.0])
     generative_batch_size: int = 16
     # Generative candidates re-ranked (method `generative_rerank`, eval/models/hybrid.py): the top rerank_candidates items
     # of the beam search, fused w * z(log-prob) + (1 - w) * z(scorer score); several weights = one row per weight.
