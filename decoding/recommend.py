@@ -38,12 +38,14 @@ INVALID_SCORE = -1e8
 def recommend(
     model, tokenizer, catalogue: Catalogue, histories: list[list[str]], k: int = 10,
     domains: list[str] | None = None, num_beams: int | None = None, batch_size: int = 16,
-    max_history: int = DEFAULT_MAX_HISTORY, show_progress: bool = True,
+    max_history: int = DEFAULT_MAX_HISTORY, show_progress: bool = True, search=None,
 ) -> list[list[tuple[str, float]]]:
     """Per user (history = item ids, oldest first): the top-``k`` unique items and their sequence log-probs.
 
     domains: one domain per user (None entries, or ``domains=None``, = the whole catalogue). num_beams: beam
-    width, default ``k`` (must be >= k; more beams = closer to the exact top-k). Raises ValueError/KeyError for an
+    width, default ``k`` (must be >= k; more beams = closer to the exact top-k). search: another beam search with
+    :func:`decoding.beam.trie_beam_search`'s arguments plus the batch's user indices (GenCDR's router mixture,
+    :mod:`decoding.mixture`). Raises ValueError/KeyError for an
     unknown history item, a SID token missing from the tokenizer, a domain without items, or ``k`` larger than
     the user's (domain's) catalogue.
     """
@@ -56,7 +58,10 @@ def recommend(
     for batch in tqdm(_batches(len(histories), batch_size), disable=not show_progress, desc="recommend"):
         ids, mask = encode_prompts(tokenizer, history_prompts(tokenizer, catalogue, [histories[i] for i in batch],
                                                               max_history), model.device)
-        out = trie_beam_search(model, ids, mask, tables, roots[batch].to(model.device), num_beams, eos)
+        if search is None:
+            out = trie_beam_search(model, ids, mask, tables, roots[batch].to(model.device), num_beams, eos)
+        else:
+            out = search(model, ids, mask, tables, roots[batch].to(model.device), num_beams, eos, batch)
         items = tables.leaf_item[out.leaves.clamp(min=0)].cpu()  # [b, K] catalogue rows
         for j, user in enumerate(batch):
             results[user] = _top_unique(catalogue, items[j], out.scores[j].cpu(), out.leaves[j].cpu() >= 0, k)

@@ -266,7 +266,7 @@ def test_every_config_parses_strictly(config):
     first = config.read_text().splitlines()[0]
     assert first.startswith("# python -m tokenization.build --config configs/"), first
     (args,) = TrlParser((BuildArgs,)).parse_args_and_config(args=["--config", str(config)])
-    assert args.method in ("rq_kmeans", "balanced_rq_kmeans", "fsq", "external")
+    assert args.method in ("rq_kmeans", "balanced_rq_kmeans", "fsq", "external", "rqvae_domain")
 
 
 def test_misspelled_config_key_fails(tmp_path):

@@ -6,7 +6,9 @@
 Every method encodes an unseen item from its saved state, one item at a time (no joint assignment, so adding items
 never moves an existing one): RQ-KMeans and balanced RQ-KMeans take the nearest centroid per level on the residual
 (balanced capacity is a fitting-time constraint; the fitted centroids are what is kept), FSQ runs the saved
-autoencoder. External SIDs (an index.json) have no encoder: rebuild with the new items in the index instead.
+autoencoder, the domain-adaptive RQ-VAE (``rqvae_domain``) runs the saved net with the item's own domain's LoRA and
+router (an item of a domain the artifact has no LoRA for is refused: rebuild with that domain's items). External
+SIDs (an index.json) have no encoder: rebuild with the new items in the index instead.
 
 Collisions are resolved against the existing SIDs, never by moving an existing item: with a de-duplication level
 the new item takes the smallest free code under its prefix; when the prefix is full (the level has as many codes as
@@ -42,11 +44,14 @@ from data_builders.cli import (UserError, check, check_output_dir, require_dir, 
 NEW_ITEMS_FILE = "new_items.jsonl"
 TEXT_FIELDS = ("title", "brand", "categories", "features", "description")
 
-Encoder = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # x [M, d] -> (semantic codes [M, S], cost [M, K])
+# (x [M, d], domains [M] | None, item_ids [M] | None) -> (semantic codes [M, S], cost of each last code [M, K]);
+# only rqvae_domain needs the domains (its encoders have a ``known_domains`` attribute: the domains with a LoRA)
+Encoder = Callable[..., tuple[np.ndarray, np.ndarray]]
 
 
 def item_encoder(artifact) -> Encoder:
-    """The artifact's method, from its saved state: ``x -> (semantic codes, cost of each last semantic code)``."""
+    """The artifact's method, from its saved state: ``(x, domains=None, item_ids=None) -> (semantic codes, cost of
+    each last semantic code)``."""
     from tokenization import balanced, rq_kmeans
 
     algo = artifact.meta.get("algorithm")
@@ -55,7 +60,7 @@ def item_encoder(artifact) -> Encoder:
         centroids = np.load(require_file(books_dir / "centroids.npy", "RQ centroids"))
         books = rq_kmeans.Codebooks(centroids)
 
-        def encode_rq(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        def encode_rq(x: np.ndarray, domains=None, item_ids=None) -> tuple[np.ndarray, np.ndarray]:
             check(x.shape[1] == books.dim, "--embeddings", f"vectors have {x.shape[1]} dimensions, the SID "
                                                            f"centroids {books.dim}")
             codes = rq_kmeans.encode(books, x)
@@ -64,6 +69,8 @@ def item_encoder(artifact) -> Encoder:
         return encode_rq
     if algo == "fsq":
         return _fsq_encoder(artifact, books_dir)
+    if algo == "rqvae_domain":
+        return _rqvae_encoder(artifact, books_dir)
     raise UserError(f"{artifact.path}: {algo!r} SIDs have no encoder for unseen items (they were read from an index "
                     "file); add the new items to the index and rebuild with python -m tokenization.build")
 
@@ -84,7 +91,7 @@ def _fsq_encoder(artifact, books_dir: Path) -> Encoder:
     last = slice(len(levels) - group, len(levels))
     values = fsq.codes_to_values(np.arange(model.codebook_sizes[-1])[:, None], levels[last], group)
 
-    def encode_fsq(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def encode_fsq(x: np.ndarray, domains=None, item_ids=None) -> tuple[np.ndarray, np.ndarray]:
         check(x.shape[1] == first.shape[1], "--embeddings", f"vectors have {x.shape[1]} dimensions, the FSQ "
                                                             f"encoder {first.shape[1]}")
         with torch.no_grad():
@@ -93,6 +100,40 @@ def _fsq_encoder(artifact, books_dir: Path) -> Encoder:
         cost = ((scaled[:, None, :] - values[None].astype(np.float32)) ** 2).sum(-1)
         return fsq.encode_fsq(model, x), cost
     return encode_fsq
+
+
+def _rqvae_encoder(artifact, books_dir: Path) -> Encoder:
+    """The saved domain-adaptive RQ-VAE: each item through its own domain's LoRA + router, the frozen codebooks."""
+    from tokenization import rqvae
+
+    arrays = {p.stem[len("rqvae."):]: np.load(p) for p in sorted(books_dir.glob("rqvae.*.npy"))}
+    model = rqvae.model_from_arrays(arrays, where=str(books_dir))
+    dim = int(arrays["layout"][0])
+    where = f"{artifact.path} (rqvae_domain SIDs)"
+
+    def encode_rqvae(x: np.ndarray, domains: Sequence[str] | None = None, item_ids: Sequence[str] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        check(x.shape[1] == dim, "--embeddings", f"vectors have {x.shape[1]} dimensions, the RQ-VAE encoder {dim}")
+        check(domains is not None and len(domains) == len(x), where,
+              "each item is encoded with its domain's LoRA: pass one domain per item")
+        enc = rqvae.encode(model, x, rqvae.domain_indices(model, domains, where, item_ids))
+        return enc.codes, rqvae.last_level_cost(model, enc.last_residual)
+
+    encode_rqvae.known_domains = list(model.domains)
+    return encode_rqvae
+
+
+def check_domains(encode: Encoder, domains: Sequence[str], ids: Sequence[str], sids: str) -> None:
+    """Before any embedding work: an encoder with per-domain parts (rqvae_domain) knows every item's domain."""
+    known = getattr(encode, "known_domains", None)
+    if known is None:
+        return
+    unknown = [(i, d) for i, d in zip(ids, domains) if d not in known]
+    if unknown:
+        item, d = unknown[0]
+        raise UserError(f"{sids} (rqvae_domain SIDs): {sum(u == d for _, u in unknown)} new item(s) of domain {d!r}, "
+                        f"e.g. {item!r}, but the artifact has a trained LoRA + router only for {known}; rebuild the "
+                        "SIDs with that domain's items (python -m tokenization.build)")
 
 
 def assign_codes(existing: np.ndarray, semantic: np.ndarray, cost: np.ndarray, dedup_size: int | None
@@ -208,6 +249,8 @@ def add_items(argv: Sequence[str]) -> dict[str, Any]:
     if a.new_items:
         new = read_new_items(a.new_items, have | set(dataset.item_ids))
         ids = [it["item_id"] for it in new]
+        domains = [it["domain"] for it in new]
+        check_domains(encode, domains, ids, a.sids)
         x = embed_new_items(new, emb_meta)
     else:
         row = {item_id: i for i, item_id in enumerate(dataset.item_ids)}
@@ -222,10 +265,13 @@ def add_items(argv: Sequence[str]) -> dict[str, Any]:
             ids = [i for i in dataset.item_ids if i not in have]
             check(ids, str(a.sids), f"every item of {dataset.path} already has a SID; pass --new_items FILE")
         new = []
+        item_domain = dataset.items["domain"]
+        domains = [str(item_domain[row[i]]) for i in ids]
+        check_domains(encode, domains, ids, a.sids)
         x = np.ascontiguousarray(x_all[[row[i] for i in ids]], dtype=np.float32)
 
     start = time.perf_counter()
-    semantic, cost = encode(x)
+    semantic, cost = encode(x, domains, ids)
     dedup = bool(parent.meta.get("dedup_level"))
     codes, moved = assign_codes(np.asarray(parent.codes), semantic, cost,
                                 parent.codebook_sizes[-1] if dedup else None)

@@ -1,8 +1,9 @@
 """One function per SID method: embeddings [N, d] -> :class:`QuantizedCodes` (codes before collision resolution).
 
 Methods: ``rq_kmeans`` (greedy residual k-means), ``balanced_rq_kmeans`` (equal-size clusters per level), ``fsq``
-(finite scalar quantisation) and ``external`` (SIDs read from a MiniOneRec / LC-Rec index.json). Each returns what
-the artifact stores and what collision reassignment needs (a last-level cost for given rows).
+(finite scalar quantisation), ``rqvae_domain`` (GenCDR domain-adaptive RQ-VAE: universal RQ-VAE + one LoRA and
+router per domain, :mod:`tokenization.rqvae`) and ``external`` (SIDs read from a MiniOneRec / LC-Rec index.json).
+Each returns what the artifact stores and what collision reassignment needs (a last-level cost for given rows).
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from tokenization import balanced, fsq, rq_kmeans
+from tokenization import balanced, fsq, rq_kmeans, rqvae
 from tokenization.sid_format import read_index_json
 
 log = logging.getLogger(__name__)
 
-METHODS = ("rq_kmeans", "balanced_rq_kmeans", "fsq", "external")
-RECON_SAMPLE = 65536  # FSQ reconstruction error is measured on at most this many (seeded) items
+METHODS = ("rq_kmeans", "balanced_rq_kmeans", "fsq", "rqvae_domain", "external")
+RECON_SAMPLE = 65536  # FSQ / RQ-VAE reconstruction error is measured on at most this many (seeded) items
 
 
 @dataclass
@@ -90,6 +91,34 @@ def fsq_codes(
     rows = rq_kmeans.sample_row_indices(len(x), RECON_SAMPLE, seed)  # decoding 1M items 4 times costs minutes
     errors = fsq.fsq_reconstruction_errors(model, x[rows], codes[rows])
     return QuantizedCodes(codes, sizes, errors, arrays, cost, {"reconstruction_rows": len(rows)})
+
+
+def rqvae_domain_codes(
+    x: np.ndarray, item_domains: Sequence[str], cfg: rqvae.RQVAEConfig, seed: int, sample_size: int | None = None,
+) -> QuantizedCodes:
+    """Domain-adaptive RQ-VAE (see :mod:`tokenization.rqvae`): every item through its own domain's LoRA + router,
+    quantised by the shared frozen codebooks. ``info``: per-stage losses, dead-code resets, router weights."""
+    model, info = rqvae.fit_rqvae_domain(x, item_domains, cfg, seed, sample_size)
+    domain_index = rqvae.domain_indices(model, item_domains)
+    enc = rqvae.encode(model, x, domain_index)
+
+    def cost(rows: np.ndarray) -> np.ndarray:  # last-level residual of the routed latent to every last-level code
+        return rqvae.last_level_cost(model, enc.last_residual[rows])
+
+    item_domains = np.asarray(item_domains, dtype=object)
+    info["router_weight"] = {  # w: share of the universal latent in the item's latent (1 - w: its domain's LoRA)
+        name: {"mean": round(float(enc.weight[item_domains == name].mean()), 6),
+               "std": round(float(enc.weight[item_domains == name].std()), 6),
+               "min": round(float(enc.weight[item_domains == name].min()), 6),
+               "max": round(float(enc.weight[item_domains == name].max()), 6)} for name in model.domains}
+    info["codes_differ_from_universal"] = {  # share of items whose SID the LoRA + router changed, per level / any
+        "per_level": [round(float(v), 6) for v in (enc.codes != enc.universal_codes).mean(0)],
+        "any": round(float((enc.codes != enc.universal_codes).any(1).mean()), 6)}
+    rows = rq_kmeans.sample_row_indices(len(x), RECON_SAMPLE, seed)
+    info["reconstruction_rows"] = len(rows)
+    errors = rqvae.reconstruction_errors(model, x[rows], enc.codes[rows])
+    arrays = {f"rqvae.{k}": v for k, v in rqvae.state_arrays(model).items()}
+    return QuantizedCodes(enc.codes, [cfg.codebook_size] * cfg.levels, errors, arrays, cost, info)
 
 
 def external_codes(
