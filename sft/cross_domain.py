@@ -612,6 +612,8 @@ def run(a: CDRArgs) -> dict[str, object]:
     else:
         universal = require_dir(a.universal_dir, "universal_dir", containing=META)
         u_meta = read_json_file(universal / META, "GenCDR universal meta")
+        check(u_meta.get("stage") == "universal", str(universal / META), f"stage is {u_meta.get('stage')!r}, not "
+              "'universal': universal_dir is the `universal` directory of a GenCDR run")
         check(u_meta.get("dataset_hash") == dataset.dataset_hash, str(universal), "trained on another dataset than "
               f"{a.dataset_dir}")
     out["universal"] = universal
