@@ -52,7 +52,7 @@ SID_CONFIGS = {"adaptive": "configs/tokenization/amazon18_gencdr.yaml"}
 CONFIG = "configs/sft/gencdr_scratch.yaml"
 ALL_VARIANTS = ("per_domain", "merged", "universal", "universal_domain", "gencdr", "fixed_alpha", "no_gate",
                 "no_universal", "no_prefix_tree", "global_trie")
-KEY_VARIANTS = ("per_domain", "merged", "universal", "universal_domain", "gencdr")  # the claim: every seed
+KEY_VARIANTS = ("per_domain", "merged", "universal", "universal_domain", "gencdr", "no_universal")  # every seed
 METRICS = ("hr@5", "ndcg@5", "hr@10", "ndcg@10")
 
 
@@ -126,7 +126,8 @@ def run_jobs(jobs: list[dict], workers: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--parts", nargs="+", default=["train", "eval", "collect"], choices=["train", "eval", "collect"])
+    p.add_argument("--parts", nargs="+", default=["train", "eval", "collect"],
+                   choices=["select", "train", "eval", "collect"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--sid-sets", nargs="+", default=["default", "adaptive"], choices=sorted(SID_SETS))
     p.add_argument("--seed0-variants", nargs="+", default=list(ALL_VARIANTS), choices=ALL_VARIANTS,
@@ -151,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
                                cwd=REPO, env=env(), check=True)
         jobs = [j for sids, seed, variants in plan for j in train_jobs(sids, seed, variants)]
         run_jobs(jobs, args.workers)
+    if "select" in args.parts:
+        run_jobs(select_jobs(), args.workers)
+        run_evals([("select", 0, list(SELECT_SPEC))], args.workers)
     if "eval" in args.parts:
         run_evals(plan, args.workers)
     if "collect" in args.parts:
@@ -177,12 +181,39 @@ VARIANT_SPEC = {
 }
 
 
+def dataset_hash() -> str:
+    return json.loads((REPO / ART / "dataset" / "meta.json").read_text("utf-8"))["dataset_hash"]
+
+
+# Selection on valid (train rows only): the domain LoRA's epochs, decided by the router path's valid NDCG@10
+SELECT_EPOCHS = (3, 8)
+SELECT_SPEC = {"e3_universal": ("gencdr_e3", "universal"),
+               **{f"e{e}_{p}": (f"gencdr_e{e}", p) for e in SELECT_EPOCHS for p in ("domain", "router")}}
+
+
+def select_jobs() -> list[dict]:
+    base = [sys.executable, "-m", "sft.cross_domain", "--config", CONFIG, "--sid_dir", str(SID_SETS["default"]),
+            "--seed", "0", "--show_progress", "false", "--train_splits", "train"]
+    first = job_dir("select", 0, f"gencdr_e{SELECT_EPOCHS[0]}")
+    jobs = [{"name": "select/0/gencdr_e3", "done": first / "router" / "genrec_cdr.json", "after": [],
+             "cmd": base + ["--output_dir", str(first), "--domain_epochs", str(SELECT_EPOCHS[0])]}]
+    for e in SELECT_EPOCHS[1:]:
+        out = job_dir("select", 0, f"gencdr_e{e}")
+        jobs.append({"name": f"select/0/gencdr_e{e}", "done": out / "router" / "genrec_cdr.json",
+                     "after": ["select/0/gencdr_e3"],
+                     "cmd": base + ["--output_dir", str(out), "--universal_dir", str(first / "universal"),
+                                    "--stages", "domains", "router", "--domain_epochs", str(e)]})
+    return jobs
+
+
 def eval_path(sids: str, seed: int, variant: str) -> Path:
     return WORK / sids / f"seed{seed}" / "eval" / f"{variant}.json"
 
 
 def variant_runs(sids: str, seed: int, variant: str) -> list[Path]:
     """The training run directories a variant decodes with."""
+    if sids == "select":
+        return [REPO / job_dir(sids, seed, SELECT_SPEC[variant][0])]
     if variant == "per_domain":
         return [REPO / job_dir(sids, seed, f"per_domain_{d}") for d in DOMAINS]
     return [REPO / job_dir(sids, seed, VARIANT_SPEC[variant][0])]
@@ -194,14 +225,19 @@ def build_variant(sids: str, seed: int, variant: str):
     if variant == "per_domain":
         return PerDomainRecommender({d: CrossDomainRecommender(str(run), name=f"per_domain_{d}", path="universal")
                                      for d, run in zip(DOMAINS, variant_runs(sids, seed, variant))}, name=variant)
+    if sids == "select":
+        return CrossDomainRecommender(str(variant_runs(sids, seed, variant)[0]), name=variant,
+                                      path=SELECT_SPEC[variant][1])
     _, path, options = VARIANT_SPEC[variant]
     return CrossDomainRecommender(str(variant_runs(sids, seed, variant)[0]), name=variant, path=path, **options)
 
 
 def stage_seconds(run: Path, variant: str) -> dict[str, float]:
     """Training seconds (one thread) of the stages a variant uses, from their genrec_cdr.json."""
-    path = VARIANT_SPEC.get(variant, (None, "universal", {}))[1]
-    metas = [run / "universal" / "genrec_cdr.json"]
+    from sft.cross_domain import universal_of
+
+    path = SELECT_SPEC[variant][1] if variant in SELECT_SPEC else VARIANT_SPEC.get(variant, (None, "universal"))[1]
+    metas = [universal_of(run) / "genrec_cdr.json"]
     if path != "universal":
         metas += sorted((run / "domains").glob("*/genrec_cdr.json"))
     if path == "router":
@@ -227,7 +263,8 @@ def eval_one(sids: str, seed: int, variant: str) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
-    a = EvalArgs(dataset=str(ART / "dataset"), output_dir="", split="test", train_splits=["train", "valid"],
+    split, train_splits = ("valid", ["train"]) if sids == "select" else ("test", ["train", "valid"])
+    a = EvalArgs(dataset=str(ART / "dataset"), output_dir="", split=split, train_splits=train_splits,
                  methods=[variant], ks=[1, 3, 5, 10], latency_rows=20, batch_size=512, seed=0)
     dataset = load_rec_dataset(REPO / a.dataset)
     train_rows = [r for s in a.train_splits for r in dataset.splits[s].to_list()]
@@ -260,7 +297,8 @@ def run_evals(plan, workers: int) -> None:
         for v in variants:
             if (REPO / eval_path(sids, seed, v)).is_file():
                 continue
-            if not all((run / "universal" / "genrec_cdr.json").is_file() for run in variant_runs(sids, seed, v)):
+            if not all((run / ("router" if sids == "select" else "universal") / "genrec_cdr.json").is_file()
+                       for run in variant_runs(sids, seed, v)):
                 print(f"  skip {sids}/{seed}/{v}: not trained", flush=True)
                 continue
             jobs.append({"name": f"{sids}/{seed}/eval_{v}", "done": eval_path(sids, seed, v), "after": [],
@@ -280,7 +318,9 @@ def collect(plan) -> dict:
                 runs.setdefault(sids, {}).setdefault(v, {})[str(seed)] = json.loads(path.read_text("utf-8"))
     result: dict = {"protocol": __doc__.split("Variants")[0].strip(), "command":
                     "python benchmarks/cross_domain_bench.py", "sid_sets": {k: str(v) for k, v in SID_SETS.items()},
-                    "variants": {}, "seeds": {}, "spread": {}, "cpu_minutes": {}, "alpha_mean": {}, "summary": {}}
+                    "variants": {}, "seeds": {}, "spread": {}, "cpu_minutes": {}, "alpha_mean": {}, "summary": {},
+                    "runs": {}, "split": "test", "train_splits": ["train", "valid"], "dataset_hash": dataset_hash(),
+                    "domains": list(DOMAINS), "train_config": CONFIG}
     for sids, by_variant in runs.items():
         for v, by_seed in by_variant.items():
             name = v if sids == "default" else f"{v}@{sids}"
@@ -301,7 +341,113 @@ def collect(plan) -> dict:
                 "latency_ms": first["latency_ms"]}
             result["alpha_mean"][name] = first["alpha_mean"]
             result["summary"][name] = {d: round(result["variants"][name][d]["ndcg@10"], 4) for d in domains}
+            result["runs"][name] = {"seeds": [int(s) for s in seeds], "dirs": first["runs"],
+                                    "description": DESCRIPTIONS.get(v, v)}
+            result.setdefault("eval_rows", first["eval_rows"])
+    result["selection"] = selection()
+    result["domain_overlap"] = domain_overlap()
+    result["claims"] = claims(result)
+    result["ablations"] = ablations(result)
     return result
+
+
+DESCRIPTIONS = {
+    "per_domain": "one plain model per domain, trained on its domain's rows",
+    "merged": "one plain model on both domains' rows",
+    "universal": "4 universal LoRA experts + gate (w/o domain adapter)",
+    "universal_domain": "+ the row's domain LoRA alone (alpha = 0)",
+    "gencdr": "+ user router: alpha P_universal + (1 - alpha) P_domain in the trie",
+    "fixed_alpha": "gencdr with alpha = 0.5 for every user (w/o router)",
+    "no_gate": "gencdr with the experts averaged (w/o gate)",
+    "no_universal": "domain LoRAs + router on the merged model (w/o universal experts)",
+    "no_prefix_tree": "gencdr decoded without the trie (w/o prefix tree)",
+    "global_trie": "gencdr decoded over both domains' items",
+}
+# seed 001's ablation (NDCG@10, mean drop over its four domains) -> our variant
+PAPER_ABLATIONS = {"w/o universal experts": ("no_universal", 18.5), "w/o domain expert": ("universal", 13.5),
+                   "w/o MoE gate": ("no_gate", 7.7), "w/o prefix tree": ("no_prefix_tree", 2.85)}
+
+
+def domain_overlap() -> dict:
+    """What the two domains share, the usual reason cross-domain transfer helps or not: users, item semantics
+    (each item's nearest item by text embedding: in the other domain how often, against that domain's share of the
+    catalogue) and first SID codes."""
+    import numpy as np
+
+    from data_builders.dataset import load_rec_dataset
+    from tokenization.artifact import load_sid_artifact
+
+    ds = load_rec_dataset(REPO / ART / "dataset")
+    dom = np.array(ds.items["domain"])
+    emb = np.load(REPO / ART / "embeddings" / "embeddings.npy").astype(np.float32)  # normalised, dataset item order
+    nearest = np.empty(len(emb), dtype=np.int64)
+    for s in range(0, len(emb), 1024):
+        sim = emb[s:s + 1024] @ emb.T
+        sim[np.arange(sim.shape[0]), np.arange(s, s + sim.shape[0])] = -np.inf
+        nearest[s:s + 1024] = sim.argmax(1)
+    users = {d: {r["user_id"] for split in ds.splits.values() for r in split if r["domain"] == d} for d in DOMAINS}
+    out = {"users": {"per_domain": {d: len(u) for d, u in users.items()},
+                     "same_id_in_both": len(users[DOMAINS[0]] & users[DOMAINS[1]]),
+                     "note": "user ids are numbered per domain by the MiniOneRec release (no cross-domain user link); "
+                             "an id in both domains is not known to be one person"},
+           "nearest_item_other_domain": {}}
+    for d in DOMAINS:
+        mine = dom == d
+        out["nearest_item_other_domain"][d] = {"share": float((dom[nearest[mine]] != d).mean()),
+                                               "if_random": float((dom != d).sum() / (len(dom) - 1))}
+    for sids, path in SID_SETS.items():
+        if (REPO / path / "meta.json").is_file():
+            art = load_sid_artifact(REPO / path)
+            first = dict(zip(art.item_ids, art.codes[:, 0].tolist()))
+            used = [{first[i] for i, x in zip(ds.item_ids, dom) if x == d} for d in DOMAINS]
+            out[f"first_codes_{sids}"] = {"used": [len(u) for u in used], "in_both": len(used[0] & used[1])}
+    return out
+
+
+def selection() -> dict:
+    """The valid-row selection (train rows only, seed 0): NDCG@10 / HR@10 per decoding and domain-LoRA epochs."""
+    found = {}
+    for v in SELECT_SPEC:
+        path = REPO / eval_path("select", 0, v)
+        if path.is_file():
+            m = json.loads(path.read_text("utf-8"))["metrics"]
+            found[v] = {d: {k: m[d][k] for k in METRICS} for d in m}
+    routers = {v: found[v]["all"]["ndcg@10"] for v in found if v.endswith("_router")}
+    best = max(routers, key=routers.get) if routers else None
+    return {"split": "valid", "train_splits": ["train"], "seed": 0, "variants": found,
+            "chosen_domain_epochs": int(best.split("_")[0][1:]) if best else None,
+            "rule": "the domain-LoRA epochs whose router path has the highest valid NDCG@10 (all rows)",
+            "command": "python benchmarks/cross_domain_bench.py --parts select"}
+
+
+def claims(result: dict) -> dict:
+    """gencdr vs each baseline per domain: the NDCG@10 gain and whether it exceeds the seed spread of both."""
+    out = {}
+    v, spread = result["variants"], result["spread"]
+    if "gencdr" not in v:
+        return out
+    for base in ("per_domain", "merged", "universal_domain"):
+        if base not in v:
+            continue
+        out[base] = {}
+        for d in DOMAINS:
+            gain = v["gencdr"][d]["ndcg@10"] - v[base][d]["ndcg@10"]
+            noise = max((spread.get(n) or {}).get(d, {}).get("ndcg@10", float("nan")) for n in ("gencdr", base))
+            out[base][d] = {"gain": gain, "relative": gain / v[base][d]["ndcg@10"], "seed_spread": noise,
+                            "beats": bool(gain > noise) if noise == noise else None}
+    return out
+
+
+def ablations(result: dict) -> dict:
+    """Each ablation's NDCG@10 drop from gencdr (%, mean of the two domains) beside the paper's."""
+    v = result["variants"]
+    out = {}
+    for label, (name, paper) in PAPER_ABLATIONS.items():
+        if name in v and "gencdr" in v:
+            drops = [100 * (1 - v[name][d]["ndcg@10"] / v["gencdr"][d]["ndcg@10"]) for d in DOMAINS]
+            out[label] = {"variant": name, "ours_drop_pct": sum(drops) / len(drops),
+                          "ours_drop_pct_by_domain": dict(zip(DOMAINS, drops)), "paper_drop_pct": paper}
+    return out
 
 
 def plan_runs(args) -> list[tuple[str, int, list[str]]]:

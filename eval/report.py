@@ -274,6 +274,8 @@ def write_report(metrics: dict, out_dir: str | Path) -> dict[str, Path]:
         parts += [f"## {dom}", "", results_table(metrics, dom), ""]
     if max(metrics["ks"]) > 10 and 10 in metrics["ks"]:
         parts += [f"## Recall@10 / @{max(metrics['ks'])} and NDCG@10 per domain", "", recall_table(metrics), ""]
+    if metrics.get("cross_domain"):
+        parts += cross_domain_section(metrics["cross_domain"])
     parts += ["## Per-row vs per-user averaging", "", per_user_table(metrics), "",
               "## HR@10 by slice", "", slice_table(metrics), "",
               "## Training", "", training_table(metrics), "", *made,
@@ -440,3 +442,66 @@ def plot_sid_quality(reports: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+# --- the cross-domain benchmark (benchmarks/cross_domain_bench.py), shown beside the run -----------------------------
+
+
+def _pair(values: dict | None, domains: list[str], digits: int = 4) -> str:
+    if not values:
+        return "–"
+    return " / ".join(fmt(values.get(d), digits) for d in domains)
+
+
+def cross_domain_section(cd: dict) -> list[str]:
+    """The GenCDR comparison: every variant's NDCG@10 / HR@10 per domain (mean over its seeds), seed spread, the
+    gain of gencdr over each baseline against that spread, CPU minutes, mean router α, and the ablation drops beside
+    the paper's."""
+    domains = list(cd.get("domains") or next(iter(cd["variants"].values())))
+    domains = [d for d in domains if d != "all"]
+    short = " / ".join(d.split("_")[0] for d in domains)
+    lines = ["## Cross-domain (GenCDR, seed 001)", "",
+             f"From `{cd.get('path', 'benchmarks/results/cross_domain.json')}` ({cd.get('command', '')}): every model "
+             f"trained on {' + '.join(cd.get('train_splits', []))} rows with `{cd.get('train_config', '')}`, scored on "
+             f"the same {cd.get('eval_rows', '?')} {cd.get('split', 'test')} rows as this report (same catalogue and "
+             f"rules). Values are `{short}`; NDCG@10 and HR@10 are the mean over the seeds listed.", "",
+             f"| variant | what | seeds | NDCG@10 | HR@10 | NDCG@10 seed spread | train CPU min | decode CPU min "
+             f"| mean α |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, by_domain in cd["variants"].items():
+        run = (cd.get("runs") or {}).get(name, {})
+        cpu = (cd.get("cpu_minutes") or {}).get(name) or {}
+        spread = (cd.get("spread") or {}).get(name)
+        lines.append(
+            f"| {name} | {run.get('description', '')} | {len(run.get('seeds', [])) or '?'} | "
+            f"{_pair({d: by_domain[d]['ndcg@10'] for d in domains}, domains)} | "
+            f"{_pair({d: by_domain[d]['hr@10'] for d in domains}, domains)} | "
+            f"{_pair({d: spread[d]['ndcg@10'] for d in domains} if spread else None, domains)} | "
+            f"{fmt(cpu.get('train'), 1) if cpu.get('train') is not None else '–'} | "
+            f"{fmt(cpu.get('recommend'), 1) if cpu.get('recommend') is not None else '–'} | "
+            f"{_pair((cd.get('alpha_mean') or {}).get(name), domains, 3)} |")
+    claims = cd.get("claims") or {}
+    if claims:
+        lines += ["", "gencdr − baseline, NDCG@10 (relative), against the larger seed spread of the two:", ""]
+        for base, per in claims.items():
+            cells = []
+            for d in domains:
+                c = per[d]
+                verdict = {True: "beats", False: "within noise or worse", None: "one seed"}[c["beats"]]
+                cells.append(f"{d.split('_')[0]} {c['gain']:+.4f} ({100 * c['relative']:+.1f}%, spread "
+                             f"{fmt(c['seed_spread'])}: {verdict})")
+            lines.append(f"- vs `{base}`: " + "; ".join(cells))
+    abl = cd.get("ablations") or {}
+    if abl:
+        lines += ["", "| ablation | variant | our NDCG@10 drop (mean of domains) | paper's drop |", "|---|---|---|---|"]
+        for label, x in abl.items():
+            lines.append(f"| {label} | {x['variant']} | {x['ours_drop_pct']:+.1f}% | {x['paper_drop_pct']:.1f}% |")
+    sel = cd.get("selection") or {}
+    if sel.get("variants"):
+        cells = ", ".join(f"{n} {fmt(m['all']['ndcg@10'])}" for n, m in sel["variants"].items())
+        lines += ["", f"Selected on valid rows (models trained on {' + '.join(sel.get('train_splits', []))} rows, seed "
+                      f"{sel.get('seed')}; `{sel.get('command', '')}`), NDCG@10 of all rows: {cells} -> domain-LoRA "
+                      f"epochs {sel.get('chosen_domain_epochs')} ({sel.get('rule', '')})."]
+    if cd.get("conclusion"):
+        lines += ["", cd["conclusion"]]
+    lines += ["", "```", cd.get("command", "python benchmarks/cross_domain_bench.py"), "```", ""]
+    return lines

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from data_builders.cli import (UserError, check, check_choice, check_output_dir, check_range, check_seed, parse_config,
-                               require_dir, require_file, run_cli)
+                               read_json_file, require_dir, require_file, run_cli)
 from data_builders.dataset import SPLITS, library_versions, load_rec_dataset, write_json
 from eval import evaluate as E
 from eval.published import dataset_notes, published_sources, published_table
@@ -46,6 +46,7 @@ class EvalArgs:
     predictions_files: list[str] = field(default_factory=list)  # method `predictions`: "name=path.jsonl" or path
     include_metrics: list[str] = field(default_factory=list)  # other runs' metrics.json (same dataset and rows)
     include_methods: list[str] = field(default_factory=list)  # only these methods of include_metrics ([] = all)
+    cross_domain_results: str = ""  # benchmarks/cross_domain_bench.py's JSON: the report's cross-domain section
     ks: list[int] = field(default_factory=lambda: [1, 3, 5, 10, 20])
     history_len: int = 0  # newest history items every sequence model sees; 0 = the dataset's max_history
     same_domain: bool = True  # rank within the row's domain, as the published per-domain models do
@@ -432,6 +433,8 @@ def check_inputs(a: EvalArgs) -> None:
         require_file(spec.rpartition("=")[2], "predictions file")
     for path in a.include_metrics:
         require_file(path, "include_metrics file")
+    if a.cross_domain_results:
+        require_file(a.cross_domain_results, "cross_domain_results")
     check_output_dir(a.output_dir)
 
 
@@ -478,8 +481,6 @@ def check_checkpoint(a: EvalArgs, dataset, rows: "E.EvalRows", rule: CandidateRu
 
 
 def _check_one_checkpoint(a: EvalArgs, dataset, where: str, path: str) -> None:
-    from data_builders.cli import read_json_file
-
     meta = read_json_file(Path(path) / "genrec_sft.json", "SFT checkpoint meta")
     check(isinstance(meta, dict), where, f"{path}/genrec_sft.json is not a JSON object")
     trained_on = meta.get("dataset_hash")
@@ -583,6 +584,19 @@ def merge_included(metrics: dict, paths: list[str], only: list[str] | None = Non
             metrics["method_order"].append(new)
 
 
+def load_cross_domain(path: str, dataset_hash: str, split: str) -> dict:
+    """The cross-domain benchmark's JSON, checked to be of this dataset and split (it is shown beside this run)."""
+    data = read_json_file(Path(path), "cross_domain_results")
+    if not isinstance(data, dict) or not isinstance(data.get("variants"), dict):
+        raise UserError(f"{path}: not a benchmarks/cross_domain_bench.py result (no `variants`)")
+    if data.get("dataset_hash") not in (None, dataset_hash):
+        raise UserError(f"{path}: measured on dataset {str(data['dataset_hash'])[:12]}, this run evaluates "
+                        f"{dataset_hash[:12]}; rerun benchmarks/cross_domain_bench.py on this dataset")
+    if data.get("split", split) != split:
+        raise UserError(f"{path}: scored the {data['split']!r} rows, this run {split!r}")
+    return {**data, "path": str(path)}
+
+
 def row_sample(metrics: dict) -> tuple:
     """Which rows a run scored: (rows, max_rows, seed of the sample); the seed only matters for a sample."""
     max_rows = metrics.get("config", {}).get("max_rows", 0)
@@ -667,6 +681,8 @@ def run_eval(argv: list[str] | None = None) -> dict:
     }
     empty = {part: {} for part in ("methods", "per_user", "slices", "latency_ms", "training")}
     merge_included({**head, **empty, "method_order": []}, a.include_metrics, a.include_methods)  # refuse them now
+    if a.cross_domain_results:
+        head["cross_domain"] = load_cross_domain(a.cross_domain_results, dataset.dataset_hash, a.split)
     partial = out / "metrics.partial.json"
 
     def save_partial(parts: dict) -> None:

@@ -320,7 +320,20 @@ def load_cdr_dir(output_dir: str | Path, with_domains: bool = True, with_router:
     adapters = {p.name: p for p in sorted((out / "domains").glob("*")) if (p / META).is_file()} \
         if with_domains else {}
     router = out / "router" if with_router and (out / "router" / META).is_file() else None
-    return load_cdr(out / "universal", adapters, router)
+    return load_cdr(universal_of(out), adapters, router)
+
+
+def universal_of(output_dir: Path) -> Path:
+    """The phase-1 directory of a run: its own ``universal/``, or (a run of the later stages with ``universal_dir``)
+    the one its domain adapters name."""
+    own = output_dir / "universal"
+    if (own / META).is_file():
+        return own
+    for p in sorted((output_dir / "domains").glob(f"*/{META}")):
+        named = read_json_file(p, "domain adapter meta").get("universal_dir")
+        if named:
+            return Path(named)
+    raise UserError(f"{output_dir}: no universal/ and no domain adapter naming one: not a GenCDR run directory")
 
 
 # ------------------------------------------------------------------------------------------------------ training
@@ -329,13 +342,22 @@ def load_cdr_dir(output_dir: str | Path, with_domains: bool = True, with_router:
 def packed_by_domain(dataset, artifact, tokenizer, splits, domains, history_len, seed) -> list[tuple[list, list, int]]:
     """``(input_ids, labels, domain index)`` packed user sequences of every listed domain
     (:func:`data_builders.examples.packed_sequence_examples`), in a seeded shuffled order."""
-    from data_builders.examples import packed_sequence_examples
+    from data_builders.examples import packed_sequence_examples, sequence_examples
+    from data_builders.prompts import is_sid_only
 
     out = []
     for i, d in enumerate(domains):
         rows = [r for s in splits for r in dataset.splits[s] if r["domain"] == d]
-        packed = packed_sequence_examples(rows, artifact, tokenizer, history_len, seed)
-        out += [(p["input_ids"], p["labels"], i) for p in packed]
+        if is_sid_only(tokenizer):
+            packed = packed_sequence_examples(rows, artifact, tokenizer, history_len, seed)
+            out += [(p["input_ids"], p["labels"], i) for p in packed]
+            continue
+        # a text tokenizer: one window per sequence, the prompt tokenised as decoding does (TRL's way), loss on the
+        # SID and the EOS after it
+        for ex in sequence_examples(rows, artifact, tokenizer, max_history=history_len):
+            prompt = tokenizer(ex["prompt"])["input_ids"]
+            target = tokenizer(ex["completion"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            out.append((prompt + target, [-100] * len(prompt) + target, i))
     random.Random(seed).shuffle(out)
     return out
 
@@ -357,16 +379,22 @@ def train_loop(model, params, seqs, *, epochs: float, a: CDRArgs, lr: float, out
     ``route_domains``: each row runs with its own domain adapter. ``sid_rows``: only these embedding rows train."""
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     steps = max(1, math.ceil(epochs * len(seqs) / a.batch_size))
-    decay = [p for n, p in params if p.ndim >= 2 and "embed" not in n]
-    other = [p for n, p in params if not (p.ndim >= 2 and "embed" not in n)]
+    def decays(n, p):  # no decay on embeddings / the output head: their frozen rows must not shrink
+        return p.ndim >= 2 and "embed" not in n and "lm_head" not in n
+
+    decay = [p for n, p in params if decays(n, p)]
+    other = [p for n, p in params if not decays(n, p)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.weight_decay},
                              {"params": other, "weight_decay": 0.0}], lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, a.warmup_steps)))
-    if sid_rows is not None:  # a pretrained base: only the SID rows of the (tied) embedding may change
+    if sid_rows is not None:  # a pretrained base: only the SID rows of the embedding (and an untied head) change
         emb = model.get_input_embeddings().weight
         keep = torch.zeros(emb.shape[0], 1)
         keep[torch.tensor(sid_rows)] = 1
-        emb.register_hook(lambda g: g * keep.to(g.dtype))
+        head = model.get_output_embeddings()
+        for w in {id(t): t for t in (emb, None if head is None else head.weight) if t is not None}.values():
+            if w.requires_grad:
+                w.register_hook(lambda g: g * keep.to(g.dtype))
     rng = random.Random(a.seed)
     order: list[int] = []
     model.train()
@@ -431,7 +459,7 @@ def run_universal(a: CDRArgs, dataset, artifact, domains: list[str]) -> Path:
     base_trains = meta["train_base"]
     for n, p in model.named_parameters():
         p.requires_grad_(base_trains or ".expert_" in n or (".gate." in n and ".base." not in n)
-                         or "embed_tokens" in n)
+                         or "embed_tokens" in n or n.startswith("lm_head"))
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     check(params, "n_experts", "0 with train_base: no — nothing would train")
     seqs = packed_by_domain(dataset, artifact, tok, a.train_splits, domains, a.history_len, a.seed)
@@ -442,7 +470,8 @@ def run_universal(a: CDRArgs, dataset, artifact, domains: list[str]) -> Path:
                       sid_rows=None if base_trains else sid_token_ids(tok, artifact))
     state = {n: t.detach().cpu().clone() for n, t in model.state_dict().items()} if base_trains else {
         **expert_state(model, "universal"),
-        **{n: p.detach().cpu().clone() for n, p in model.named_parameters() if "embed_tokens" in n}}
+        **{n: p.detach().cpu().clone() for n, p in model.named_parameters()
+           if "embed_tokens" in n or n.startswith("lm_head")}}
     save_file(state, str(tmp / WEIGHTS))
     tok.save_pretrained(tmp)
     write_json(tmp / META, {**meta, "training": info})

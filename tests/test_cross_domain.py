@@ -288,3 +288,79 @@ def test_cli_errors_are_one_line_and_exit_2(trained, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error:") and where in err[0], (extra, err)
         assert not out.exists() or not any(out.iterdir()), extra  # nothing half-written
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def bench_result():
+    doms = ["Industrial_and_Scientific", "Office_Products"]
+    v = {"per_domain": (0.0950, 0.0940), "gencdr": (0.0990, 0.0945)}
+    result = {"domains": doms, "split": "test", "train_splits": ["train", "valid"], "eval_rows": 9399,
+              "dataset_hash": "abc", "command": "python benchmarks/cross_domain_bench.py",
+              "variants": {n: {d: {"ndcg@10": x, "hr@10": 2 * x, "ndcg@5": x, "hr@5": x} for d, x in zip(doms, xs)}
+                           for n, xs in v.items()},
+              "spread": {n: {d: {"ndcg@10": 0.002, "hr@10": 0.003} for d in doms} for n in v},
+              "runs": {n: {"seeds": [0, 1], "description": n} for n in v},
+              "cpu_minutes": {n: {"train": 10.0, "recommend": 2.0} for n in v},
+              "alpha_mean": {"gencdr": {doms[0]: 0.25, doms[1]: 0.5}, "per_domain": None}}
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    import cross_domain_bench as bench
+    result["claims"] = bench.claims(result)
+    return result
+
+
+def test_claims_compare_the_gain_with_the_seed_spread():
+    c = bench_result()["claims"]["per_domain"]
+    assert c["Industrial_and_Scientific"]["gain"] == pytest.approx(0.004)
+    assert c["Industrial_and_Scientific"]["beats"] is True  # +.004 > spread .002
+    assert c["Office_Products"]["beats"] is False  # +.0005 < .002
+
+
+def test_report_has_a_cross_domain_section():
+    from eval.report import cross_domain_section
+
+    text = "\n".join(cross_domain_section(bench_result()))
+    assert "## Cross-domain (GenCDR, seed 001)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| gencdr |"))
+    assert ".0990 / .0945" in row and ".1980 / .1890" in row and ".250 / .500" in row and "| 2 |" in row
+    assert "Industrial +0.0040 (+4.2%, spread .0020: beats)" in text
+    assert "Office +0.0005 (+0.5%, spread .0020: within noise or worse)" in text
+    assert "python benchmarks/cross_domain_bench.py" in text
+
+
+def test_eval_refuses_a_cross_domain_result_of_another_dataset(tmp_path):
+    from data_builders.cli import UserError
+    from eval.run import load_cross_domain
+
+    path = tmp_path / "cd.json"
+    path.write_text(json.dumps(bench_result()))
+    assert load_cross_domain(str(path), "abc", "test")["path"] == str(path)
+    with pytest.raises(UserError, match="measured on dataset abc"):
+        load_cross_domain(str(path), "def", "test")
+    with pytest.raises(UserError, match="scored the 'test' rows"):
+        load_cross_domain(str(path), "abc", "valid")
+    path.write_text(json.dumps({"x": 1}))
+    with pytest.raises(UserError, match="no `variants`"):
+        load_cross_domain(str(path), "abc", "test")
+
+
+def test_a_pretrained_base_stays_frozen_and_decodes_valid_items(trained, tmp_path):
+    """An HF model (the in-process `tiny` llama): base weights frozen, only experts, SID rows, domain LoRAs train."""
+    from safetensors.torch import load_file
+
+    from sft.cross_domain import load_cdr_dir, main
+
+    out = tmp_path / "hf"
+    assert main(["--dataset_dir", str(trained["dataset"]), "--sid_dir", str(trained["sids"]), "--output_dir",
+                 str(out), *TINY, "--model_name_or_path", "tiny", "--stages", "universal", "domains"]) == 0
+    meta = json.loads((out / "universal" / "genrec_cdr.json").read_text())
+    assert meta["train_base"] is False and meta["model"] == "tiny"
+    saved = load_file(str(out / "universal" / "weights.safetensors"))
+    assert not any("q_proj.base" in k or "mlp.down_proj.base" in k for k in saved)  # the base is not saved
+    cdr = load_cdr_dir(out, with_router=False)
+    assert cdr.domains == ["Mini", "Mini2"]
+    rec, queries, ds = beams({**trained, "out": out}, "domain")
+    domain_of = dict(zip(ds.item_ids, ds.items["domain"]))
+    for q, items in zip(queries, rec.recommend(queries, 3)):
+        assert len(items) == 3 and all(domain_of[i] == q.domain for i in items)
