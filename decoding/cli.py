@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_beams", type=int, default=None, help="beam width (default k; more = closer to exact)")
     p.add_argument("--exclude_history", action="store_true", help="leave the history's items out")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--cdr_path", choices=("router", "domain", "universal", "average"), default=None,
+                   help="a GenCDR run (python -m sft.cross_domain output) as --checkpoint: which distribution decodes "
+                        "(default: router if trained, else domain)")
+    p.add_argument("--global_trie", action="store_true",
+                   help="GenCDR: recommend from every domain's items (cross-domain); the history's domain still "
+                        "picks the domain adapter")
     return p
 
 
@@ -74,7 +80,8 @@ class LoadedRecommender:
     loaded), ``run`` answers several with one batched trie beam search per (width, beams) group."""
 
     def __init__(self, checkpoint: str | Path, dataset_dir: str | Path, sids: str | Path | None = None,
-                 new_item_levels: int | None = None, new_item_offset: float | None = None):
+                 new_item_levels: int | None = None, new_item_offset: float | None = None,
+                 cdr_path: str | None = None, global_trie: bool = False):
         from data_builders.dataset import load_rec_dataset
         from decoding.catalogue import Catalogue
         from decoding.cold_start import DEFAULT_OFFSET, DEFAULT_PREFIX_LEVELS, ColdStart
@@ -82,8 +89,24 @@ class LoadedRecommender:
         from tokenization.artifact import load_sid_artifact
 
         self.checkpoint = str(checkpoint)
-        self.meta = read_json_file(require_dir(checkpoint, "--checkpoint", containing="genrec_sft.json")
-                                   / "genrec_sft.json", "checkpoint meta")
+        self.cdr = None
+        self.gencdr = (Path(checkpoint) / "universal" / "genrec_cdr.json").is_file() or any(
+            Path(checkpoint).glob("domains/*/genrec_cdr.json"))
+        check(self.gencdr or (cdr_path is None and not global_trie), "--cdr_path/--global_trie",
+              f"{checkpoint} is not a GenCDR run (python -m sft.cross_domain output)")
+        if self.gencdr:  # its phase-1 meta names the dataset, SID artifact and history length
+            from sft.cross_domain import universal_of
+
+            check(sids is None, "--sids", "items added since training are not supported for a GenCDR run")
+            self.meta = read_json_file(universal_of(Path(checkpoint)) / "genrec_cdr.json", "GenCDR meta")
+            has_router = (Path(checkpoint) / "router" / "genrec_cdr.json").is_file()
+            self.cdr_path = cdr_path or ("router" if has_router else "domain")
+            check(self.cdr_path != "router" or has_router, "--cdr_path", f"{checkpoint} has no router/ (train the "
+                  "`router` stage, or use --cdr_path domain)")
+            self.global_trie = global_trie
+        else:
+            self.meta = read_json_file(require_dir(checkpoint, "--checkpoint", containing="genrec_sft.json")
+                                       / "genrec_sft.json", "checkpoint meta")
         self.dataset = load_rec_dataset(require_dir(dataset_dir, "--dataset", containing="meta.json"))
         check(self.meta.get("dataset_hash") in (None, self.dataset.dataset_hash), "--dataset",
               f"{checkpoint} was trained on dataset {str(self.meta.get('dataset_hash'))[:12]}, {dataset_dir} is "
@@ -112,7 +135,14 @@ class LoadedRecommender:
     def load_model(self) -> None:
         from sft.modeling import load_sft_checkpoint
 
-        if self.model is None:
+        if self.model is None and self.gencdr:
+            from eval.models.cross_domain import CrossDomainRecommender
+
+            self.cdr = CrossDomainRecommender(self.checkpoint, path=self.cdr_path, global_trie=self.global_trie)
+            self.cdr.fit(self.dataset, [], None)
+            self.cdr.catalogue = self.catalogue  # one catalogue (and trie) for recommend() and the mixture search
+            self.model, self.tokenizer = self.cdr.cdr.model, self.cdr.cdr.tokenizer
+        elif self.model is None:
             self.model, self.tokenizer, _ = load_sft_checkpoint(self.checkpoint)
 
     def titles_to_ids(self, titles: Sequence[str], domain: str | None) -> list[str]:
@@ -180,7 +210,12 @@ class LoadedRecommender:
         domain = domain or (seen[0] if len(seen) == 1 else None)
         check(domain is not None, "--domain", f"the history spans domains {seen}: name the one to recommend from")
         req = Request(tuple(ids), domain, k, num_beams or k, exclude_history)
-        size = self.catalogue.domain_size(domain) - (req.width - k)
+        if self.gencdr and self.cdr_path != "universal":  # the domain adapter must exist: say so before loading
+            adapters = sorted(p.parent.name for p in Path(self.checkpoint).glob("domains/*/genrec_cdr.json"))
+            check(domain in adapters, "--domain", f"{domain!r} has no adapter in {self.checkpoint} (adapters: "
+                  f"{adapters or 'none'}); use --cdr_path universal or train its adapter")
+        pool = len(self.catalogue.item_ids) if self.gencdr and self.global_trie else self.catalogue.domain_size(domain)
+        size = pool - (req.width - k)
         check(k <= size, "--k", f"{k} is more than the {size} items {domain} can return")
         return req
 
@@ -195,10 +230,12 @@ class LoadedRecommender:
         for i, r in enumerate(requests):
             groups.setdefault((r.width, max(r.num_beams, r.width)), []).append(i)
         for (width, beams), idx in groups.items():
+            domains = [requests[i].domain for i in idx]
+            search = self.cdr.search(domains) if self.cdr is not None else None
             recs = recommend(self.model, self.tokenizer, self.catalogue, [list(requests[i].history) for i in idx],
-                             k=width, domains=[requests[i].domain for i in idx], num_beams=beams,
-                             batch_size=max(len(idx), 1), max_history=self.meta.get("history_len", 10),
-                             show_progress=False)
+                             k=width, domains=None if search is not None and self.global_trie else domains,
+                             num_beams=beams, batch_size=max(len(idx), 1),
+                             max_history=self.meta.get("history_len", 10), show_progress=False, search=search)
             if self.cold is not None:  # items added since training, merged by their SID prefix
                 from decoding.cold_start import merge, new_item_scores
 
@@ -224,7 +261,8 @@ class LoadedRecommender:
 
 def recommend_cli(argv: Sequence[str]) -> dict[str, Any]:
     a = build_parser().parse_args(argv)
-    rec = LoadedRecommender(a.checkpoint, a.dataset, a.sids, a.new_item_levels, a.new_item_offset)
+    rec = LoadedRecommender(a.checkpoint, a.dataset, a.sids, a.new_item_levels, a.new_item_offset, a.cdr_path,
+                            a.global_trie)
     req = rec.resolve(history=a.history, titles=a.titles, user=a.user, domain=a.domain, k=a.k,
                       num_beams=a.num_beams, exclude_history=a.exclude_history)  # checked before the model loads
     (out,) = rec.run([req])

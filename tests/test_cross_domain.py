@@ -364,3 +364,31 @@ def test_a_pretrained_base_stays_frozen_and_decodes_valid_items(trained, tmp_pat
     domain_of = dict(zip(ds.item_ids, ds.items["domain"]))
     for q, items in zip(queries, rec.recommend(queries, 3)):
         assert len(items) == 3 and all(domain_of[i] == q.domain for i in items)
+
+
+def test_recommend_cli_serves_a_gencdr_run(trained, tmp_path, capsys):
+    from decoding.cli import main
+
+    out, ds = trained["out"], str(trained["dataset"])
+    assert main(["--checkpoint", str(out), "--dataset", ds, "--history", "Mini:1", "Mini:2", "--k", "3",
+                 "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["domain"] == "Mini" and len(got["items"]) == 3 and all(i["domain"] == "Mini" for i in got["items"])
+    assert main(["--checkpoint", str(out), "--dataset", ds, "--history", "Mini:1", "Mini:2", "--k", "8",
+                 "--global_trie", "--json"]) == 0  # more than Mini's 6 items: only the global trie has them
+    got = json.loads(capsys.readouterr().out)
+    assert len(got["items"]) == 8 and {i["domain"] for i in got["items"]} == {"Mini", "Mini2"}
+    one = tmp_path / "one"
+    shutil.copytree(out, one)
+    shutil.rmtree(one / "domains" / "Mini2")
+    shutil.rmtree(one / "router")
+    for argv, where in [
+        (["--checkpoint", str(one), "--history", "Mini2:1"], "has no adapter"),
+        (["--checkpoint", str(one), "--history", "Mini:1", "--cdr_path", "router"], "no router"),
+        (["--checkpoint", str(trained["sids"]), "--history", "Mini:1", "--global_trie"], "not a GenCDR run"),
+    ]:
+        assert main([*argv, "--dataset", ds]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and where in err[0], (argv, err)
+    assert main(["--checkpoint", str(one), "--dataset", ds, "--history", "Mini2:1", "--cdr_path", "universal",
+                 "--k", "2"]) == 0
