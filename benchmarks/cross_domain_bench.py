@@ -181,6 +181,11 @@ VARIANT_SPEC = {
 }
 
 
+def router_seconds_fallback() -> float | None:
+    meta = REPO / job_dir("select", 0, "gencdr_e3") / "router" / "genrec_cdr.json"
+    return json.loads(meta.read_text("utf-8")).get("training", {}).get("seconds") if meta.is_file() else None
+
+
 def dataset_hash() -> str:
     return json.loads((REPO / ART / "dataset" / "meta.json").read_text("utf-8"))["dataset_hash"]
 
@@ -281,6 +286,7 @@ def eval_one(sids: str, seed: int, variant: str) -> None:
         "recommend_seconds": res["training"][variant]["recommend_seconds"],
         "latency_ms": res["latency_ms"][variant], "load_seconds": round(time.perf_counter() - start, 1),
         "alpha_mean": {d: sum(v) / len(v) for d, v in sorted(alphas.items())} if alphas else None,
+        "invalid_beam_share": rec.beams[0] / rec.beams[1] if getattr(rec, "beams", [0, 0])[1] else None,
         "training_seconds": {str(r.name): stage_seconds(r, variant) for r in variant_runs(sids, seed, variant)},
         "runs": [str(r.relative_to(REPO)) for r in variant_runs(sids, seed, variant)],
     }
@@ -334,12 +340,18 @@ def collect(plan) -> dict:
                                               - min(by_seed[s]["metrics"][d][m] for s in seeds))
                                           for m in ("hr@10", "ndcg@10")} for d in domains} if len(seeds) > 1 else None
             first = by_seed[seeds[0]]
-            train = [t for r in first["training_seconds"].values() for t in r.values()]
+            for stages in first["training_seconds"].values():  # routers trained before their time was recorded
+                if stages.get("router", 0) is None:
+                    stages["router"] = router_seconds_fallback()
+                    stages["router_seconds_from"] = "the select run's router (same 6,000 windows, 400 steps)"
+            train = [t for r in first["training_seconds"].values() for t in r.values() if not isinstance(t, str)]
             result["cpu_minutes"][name] = {
                 "train": round(sum(train) / 60, 1) if None not in train else None,
                 "train_stages": first["training_seconds"], "recommend": round(first["recommend_seconds"] / 60, 2),
                 "latency_ms": first["latency_ms"]}
             result["alpha_mean"][name] = first["alpha_mean"]
+            if first.get("invalid_beam_share"):
+                result.setdefault("invalid_beam_share", {})[name] = first["invalid_beam_share"]
             result["summary"][name] = {d: round(result["variants"][name][d]["ndcg@10"], 4) for d in domains}
             result["runs"][name] = {"seeds": [int(s) for s in seeds], "dirs": first["runs"],
                                     "description": DESCRIPTIONS.get(v, v)}
@@ -439,14 +451,19 @@ def claims(result: dict) -> dict:
 
 
 def ablations(result: dict) -> dict:
-    """Each ablation's NDCG@10 drop from gencdr (%, mean of the two domains) beside the paper's."""
-    v = result["variants"]
+    """Each ablation's NDCG@10 change from gencdr (%, mean of the two domains), on the seeds both were run with
+    (paired), beside the paper's."""
+    seeds = result["seeds"]
     out = {}
     for label, (name, paper) in PAPER_ABLATIONS.items():
-        if name in v and "gencdr" in v:
-            drops = [100 * (1 - v[name][d]["ndcg@10"] / v["gencdr"][d]["ndcg@10"]) for d in DOMAINS]
-            out[label] = {"variant": name, "ours_drop_pct": sum(drops) / len(drops),
-                          "ours_drop_pct_by_domain": dict(zip(DOMAINS, drops)), "paper_drop_pct": paper}
+        common = sorted(set(seeds.get(name, {})) & set(seeds.get("gencdr", {})), key=int)
+        if not common:
+            continue
+        change = {d: 100 * (sum(seeds[name][s][d]["ndcg@10"] for s in common)
+                            / sum(seeds["gencdr"][s][d]["ndcg@10"] for s in common) - 1) for d in DOMAINS}
+        out[label] = {"variant": name, "seeds": [int(s) for s in common],
+                      "ours_change_pct": sum(change.values()) / len(change), "ours_change_pct_by_domain": change,
+                      "paper_change_pct": -paper}
     return out
 
 

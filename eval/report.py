@@ -321,18 +321,33 @@ def sample_note(m: dict) -> str:
     return "" if total == m["eval_rows"] else f", a seeded sample of the split's {total} rows"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Re-render report.md and plots from a metrics.json")
+def main(argv: list[str] | None = None) -> int:
+    """The CLI: exit 0, or 2 with one ``error:`` line for a missing / corrupt / mismatched input."""
+    from data_builders.cli import run_cli
+
+    return run_cli(_main, argv, prog="report")
+
+
+def _main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m eval.report",
+                                     description="Re-render report.md and plots from a metrics.json")
     parser.add_argument("--metrics", required=True)
     parser.add_argument("--output_dir", default=None, help="default: the metrics file's folder")
+    parser.add_argument("--cross_domain_results", default=None,
+                        help="benchmarks/cross_domain_bench.py's JSON: (re)place the report's cross-domain section")
     args = parser.parse_args(argv)
     metrics = load_metrics(args.metrics)
+    if args.cross_domain_results:
+        from eval.run import load_cross_domain
+
+        metrics["cross_domain"] = load_cross_domain(args.cross_domain_results, metrics["dataset_hash"],
+                                                    metrics["split"])
     paths = write_report(metrics, args.output_dir or Path(args.metrics).parent)
     print(f"wrote {paths['report']}")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
 
 
 # --- how the generative rows were made: training curves and SID quality ---------------------------------------------
@@ -492,9 +507,15 @@ def cross_domain_section(cd: dict) -> list[str]:
             lines.append(f"- vs `{base}`: " + "; ".join(cells))
     abl = cd.get("ablations") or {}
     if abl:
-        lines += ["", "| ablation | variant | our NDCG@10 drop (mean of domains) | paper's drop |", "|---|---|---|---|"]
+        lines += ["", "NDCG@10 change when a part is removed (vs gencdr on the same seeds; mean of the two domains; the "
+                      "paper's: mean of its four domains):", "",
+                  "| ablation | variant | seeds | ours | paper |", "|---|---|---|---|---|"]
         for label, x in abl.items():
-            lines.append(f"| {label} | {x['variant']} | {x['ours_drop_pct']:+.1f}% | {x['paper_drop_pct']:.1f}% |")
+            lines.append(f"| {label} | {x['variant']} | {', '.join(map(str, x['seeds']))} | "
+                         f"{x['ours_change_pct']:+.1f}% | {x['paper_change_pct']:+.1f}% |")
+    for name, share in (cd.get("invalid_beam_share") or {}).items():
+        lines += ["", f"`{name}`: {100 * share:.2f}% of the beams decoded to a SID that is no item (dropped; the list "
+                      "is shorter)."]
     sel = cd.get("selection") or {}
     if sel.get("variants"):
         cells = ", ".join(f"{n} {fmt(m['all']['ndcg@10'])}" for n, m in sel["variants"].items())

@@ -392,3 +392,30 @@ def test_recommend_cli_serves_a_gencdr_run(trained, tmp_path, capsys):
         assert len(err) == 1 and where in err[0], (argv, err)
     assert main(["--checkpoint", str(one), "--dataset", ds, "--history", "Mini2:1", "--cdr_path", "universal",
                  "--k", "2"]) == 0
+
+
+def test_report_cli_refuses_bad_inputs_in_one_line(tmp_path, capsys):
+    from eval.report import FORMAT, main
+
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"format": FORMAT, "dataset_hash": "zzz", "split": "test"}))
+    cd = tmp_path / "cd.json"
+    cd.write_text(json.dumps(bench_result()))
+    for argv, where in [(["--metrics", str(tmp_path / "none.json")], "none.json"),
+                        (["--metrics", str(metrics), "--cross_domain_results", str(cd)], "measured on dataset abc")]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and where in err[0], err
+
+
+def test_shipped_gencdr_configs_parse_strictly():
+    from data_builders.cli import parse_config
+    from sft.cross_domain import CDRArgs, check_args
+
+    configs = [c for c in sorted((Path(__file__).parent.parent / "configs" / "sft").glob("*.yaml"))
+               if c.read_text().startswith("# python -m sft.cross_domain")]
+    assert configs
+    for cfg in configs:
+        (a,) = parse_config((CDRArgs,), ["--config", str(cfg)])
+        check_args(a)
+        assert a.stages == ["universal", "domains", "router"] and a.n_experts >= 1, cfg

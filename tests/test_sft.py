@@ -207,6 +207,8 @@ def test_every_shipped_sft_and_accelerate_config_parses():
     from sft.train import ScriptArguments
 
     configs = sorted((REPO / "configs" / "sft").glob("*.yaml")) + [REPO / "configs" / "tiny" / "sft.yaml"]
+    # GenCDR's configs belong to python -m sft.cross_domain (tests/test_cross_domain.py parses them)
+    configs = [c for c in configs if not c.read_text().startswith("# python -m sft.cross_domain")]
     assert len(configs) >= 4
     for cfg in configs:
         assert cfg.read_text().split("\n")[0].startswith("# "), cfg  # first line: the command that runs it

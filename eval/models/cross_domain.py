@@ -34,6 +34,7 @@ class CrossDomainRecommender:
         self.num_beams, self.batch_size = num_beams, batch_size
         self.cdr = self.catalogue = None
         self.alphas: dict[str, list[float]] = {}  # α used per decoded row, by domain (path router / fixed)
+        self.beams = [0, 0]  # [beams that decoded to no item, all beams]
 
     def fit(self, dataset: Any, train_rows: list[dict], embeddings: np.ndarray | None) -> None:
         from sft.cross_domain import load_cdr_dir
@@ -74,6 +75,8 @@ class CrossDomainRecommender:
                                             constrained=self.constrained, global_root=global_root)
             for i, a in zip(batch, used.tolist()):
                 alphas.setdefault(domains[i], []).append(a)
+            self.beams[0] += int((out.leaves < 0).sum())  # beams that are no item (only without the trie)
+            self.beams[1] += out.leaves.numel()
             return out
         return run
 
