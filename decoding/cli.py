@@ -270,7 +270,8 @@ def recommend_cli(argv: Sequence[str]) -> dict[str, Any]:
         print(json.dumps(out, ensure_ascii=False))
     else:
         newest = rec.items[req.history[-1]]["title"][:60]
-        print(f"top {a.k} of {req.domain} after {len(req.history)} items (newest: {newest!r}), {a.checkpoint}:")
+        scope = f"every domain ({req.domain} adapter)" if rec.gencdr and rec.global_trie else req.domain
+        print(f"top {a.k} of {scope} after {len(req.history)} items (newest: {newest!r}), {a.checkpoint}:")
         width = max(len("item_id"), *(len(r["item_id"]) for r in out["items"]))
         print(f"{'rank':>4}  {'log P':>8}  {'item_id':<{width}}  title")
         for r in out["items"]:

@@ -346,9 +346,6 @@ def _main(argv: list[str]) -> None:
     print(f"wrote {paths['report']}")
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
 
 # --- how the generative rows were made: training curves and SID quality ---------------------------------------------
 
@@ -526,3 +523,7 @@ def cross_domain_section(cd: dict) -> list[str]:
         lines += ["", cd["conclusion"]]
     lines += ["", "```", cd.get("command", "python benchmarks/cross_domain_bench.py"), "```", ""]
     return lines
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -94,6 +94,21 @@ def test_cli_end_to_end_report_and_plots(tiny, tmp_path):
     for png in ("hr_at_k.png", "slices.png"):
         data = (tmp_path / "eval" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    # `python -m eval.report` re-renders it, here with a cross-domain benchmark result of the same dataset
+    import subprocess
+    import sys
+
+    doms = ["Industrial_and_Scientific", "Office_Products"]
+    cd = {"dataset_hash": metrics["dataset_hash"], "split": "test", "domains": doms, "variants": {
+        "gencdr": {d: {"ndcg@10": 0.1, "hr@10": 0.2, "ndcg@5": 0.1, "hr@5": 0.1} for d in doms}}}
+    (tmp_path / "cd.json").write_text(json.dumps(cd))
+    proc = subprocess.run([sys.executable, "-m", "eval.report", "--metrics", str(tmp_path / "eval" / "metrics.json"),
+                           "--cross_domain_results", str(tmp_path / "cd.json")], capture_output=True, text=True,
+                          cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "## Cross-domain (GenCDR, seed 001)" in report and "| gencdr |" in report
+    assert "| popularity |" in report
 
 
 def write_predictions(tiny, path: Path, drop: int | None = None, extra: dict | None = None, meta: dict | None = None):
