@@ -4,6 +4,10 @@ adapters, + the user router, and the paper's ablations — on the embedded two-d
     python benchmarks/cross_domain_bench.py                      # train what is missing, evaluate, write the JSON
     python benchmarks/cross_domain_bench.py --parts train        # only the training runs (2 at a time)
     python benchmarks/cross_domain_bench.py --parts eval collect
+    python benchmarks/cross_domain_bench.py --parts select       # valid-row selection (train rows only)
+
+Seeds 0, 1, 2: seed 0 runs every variant, the others the variants whose difference decides the claim
+(``KEY_VARIANTS``); the domain-adaptive SIDs run seed 0. About 6 CPU hours in all (two jobs at a time on 2 cores).
 
 Protocol = the main report's: every model trains on the train + valid rows (all-prior), is scored on every test row
 (9,399: 4,533 Industrial_and_Scientific, 4,866 Office_Products) with the evaluation's own code (eval.run's
@@ -15,7 +19,7 @@ Nothing is selected on test: the settings are the recipe's (chosen on valid earl
 Variants (rows of ``variants`` in the JSON; each ``{seed: {domain: metrics}}`` plus the mean / spread over seeds):
 
 * ``per_domain``        — one plain model per domain, trained on that domain's rows only.
-* ``merged``            — one plain model on both domains' rows (what the main report's generative row is).
+* ``merged``            — one plain model on both domains' rows (the main report's generative recipe).
 * ``universal``         — 4 universal LoRA experts + gate (trained with the base: scratch has no pretrained base);
                           = the ablation "w/o domain adapter".
 * ``universal_domain``  — + the row's domain LoRA (decoded with the domain path alone, α = 0).
@@ -128,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--parts", nargs="+", default=["train", "eval", "collect"],
                    choices=["select", "train", "eval", "collect"])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--sid-sets", nargs="+", default=["default", "adaptive"], choices=sorted(SID_SETS))
     p.add_argument("--seed0-variants", nargs="+", default=list(ALL_VARIANTS), choices=ALL_VARIANTS,
                    help="variants of seed 0 (default SIDs)")
