@@ -88,15 +88,22 @@ def _beam_step(tables: TrieTables, level: int, logp: torch.Tensor, scores: torch
 
 def _prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
     """Encode the prompts once; positions follow HF generate (cumsum of the mask, so left padding is invisible)."""
+    out, position = prefill_forward(model, input_ids, attention_mask)
+    logp = F.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # [B, V]
+    return logp, out.past_key_values, attention_mask, position
+
+
+def prefill_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs):
+    """The prompt forward of :func:`_prefill` (fresh KV cache, last-position logits only): (output, position [B, 1]);
+    ``kwargs`` go to the model (``output_hidden_states=True`` for the prompt representation)."""
     from transformers import DynamicCache
 
     position = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)  # [B, P]
     cache = DynamicCache(config=model.config.get_text_config(decoder=True))
     extra = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}  # else [B, P, V]: ~350 MB for 16 prompts
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position, past_key_values=cache,
-                use_cache=True, **extra)
-    logp = F.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # [B, V]
-    return logp, out.past_key_values, attention_mask, position[:, -1:]
+                use_cache=True, **extra, **kwargs)
+    return out, position[:, -1:]
 
 
 def _accepts_logits_to_keep(model) -> bool:

@@ -21,21 +21,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from decoding.beam import BeamResult, _beam_step, _decode
+from decoding.beam import BeamResult, _beam_step, _decode, prefill_forward
 from decoding.trie import TrieTables, small_ops
 from sft.experts import routed
 
 
 def _prefill_path(model, input_ids, attention_mask, domains, want_hidden: bool):
-    from transformers import DynamicCache
-
-    position = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
-    cache = DynamicCache(config=model.config.get_text_config(decoder=True))
     with routed(model, universal=True, domains=domains):
-        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position, past_key_values=cache,
-                    use_cache=True, output_hidden_states=want_hidden)
+        out, position = prefill_forward(model, input_ids, attention_mask, output_hidden_states=want_hidden)
     hidden = out.hidden_states[-1][:, -1].float() if want_hidden else None
-    return F.log_softmax(out.logits[:, -1, :].float(), dim=-1), out.past_key_values, position[:, -1:], hidden
+    return F.log_softmax(out.logits[:, -1, :].float(), dim=-1), out.past_key_values, position, hidden
 
 
 def mix_allowed(logp_u: torch.Tensor, logp_d: torch.Tensor | None, alpha: torch.Tensor, allowed: torch.Tensor,
